@@ -1,0 +1,1 @@
+# annotation-free proposal rules (added by the annotation-free stage)

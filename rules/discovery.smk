@@ -1,0 +1,1 @@
+# discovery rules (added by the discovery stage)

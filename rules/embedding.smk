@@ -1,0 +1,1 @@
+# embedding rules (added by the embedding stage)

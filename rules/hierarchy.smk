@@ -1,0 +1,1 @@
+# hierarchy rules (added by the hierarchy stage)

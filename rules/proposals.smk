@@ -1,0 +1,1 @@
+# proposals rules (added by the proposals stage)

@@ -1,0 +1,126 @@
+"""params.yaml: load, override (``--set key=value``), validate against the workflow's JSON schema.
+
+The same schema (``workflow/schemas/params.schema.yaml``, one ``$ref``-ed file per section) is used by
+Snakemake (``snakemake.utils.validate``) and by every CLI verb, so a bad value fails the same way in both.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from longtail import REPO_ROOT
+from longtail.common.errors import LongtailError
+
+SCHEMA_DIR = REPO_ROOT / "workflow" / "schemas"
+DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
+
+
+def _load_yaml(path: Path, what: str) -> Any:
+    if not path.exists():
+        raise LongtailError(f"{what} not found: {path}")
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise LongtailError(f"{what} {path} is not valid YAML: {e}") from e
+
+
+def load_schema(schema_dir: Path = SCHEMA_DIR):
+    """Return (schema, registry) with every ``*.schema.yaml`` of ``schema_dir`` resolvable by file name."""
+    from referencing import Registry, Resource
+
+    resources = []
+    for p in sorted(schema_dir.glob("*.schema.yaml")):
+        resources.append((p.name, Resource.from_contents(_load_yaml(p, "schema"),
+                                                         default_specification=_draft())))
+    registry = Registry().with_resources(resources)
+    return _load_yaml(schema_dir / "params.schema.yaml", "schema"), registry
+
+
+def _draft():
+    from referencing.jsonschema import DRAFT7
+
+    return DRAFT7
+
+
+def validate_params(params: dict, source: str = "params.yaml") -> None:
+    """Validate against the schema; the error names the key path and what is allowed."""
+    import jsonschema
+
+    schema, registry = load_schema()
+    validator = jsonschema.Draft7Validator(schema, registry=registry)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors[:10]:
+            key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
+            lines.append(f"  {key}: {e.message}")
+        raise LongtailError(f"{source} does not match workflow/schemas/params.schema.yaml:\n" + "\n".join(lines)
+                            + "\nFix these keys (the schema says the allowed types and ranges).")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise LongtailError(f"--set {item!r}: expected KEY=VALUE, e.g. --set embedding.alpha=0.5")
+    key, value = item.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise LongtailError(f"--set {item!r}: value is not valid YAML ({e})") from e
+    return key.split("."), parsed
+
+
+def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
+    params = copy.deepcopy(params)
+    for item in overrides or ():
+        keys, value = parse_override(item)
+        node = params
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                raise LongtailError(f"--set {item!r}: {'.'.join(keys[:-1])} is not a section of params.yaml")
+            node = node[k]
+        if keys[-1] not in node:
+            raise LongtailError(f"--set {item!r}: unknown key {'.'.join(keys)} (see params.yaml)")
+        node[keys[-1]] = value
+    return params
+
+
+def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+    """Load params.yaml, apply ``KEY=VALUE`` overrides, validate; raise LongtailError on any problem."""
+    path = Path(path) if path else DEFAULT_PARAMS
+    params = _load_yaml(path, "params file")
+    if not isinstance(params, dict):
+        raise LongtailError(f"params file {path} must be a mapping of sections")
+    params = apply_overrides(params, overrides)
+    validate_params(params, source=str(path))
+    return params
+
+
+def section(params: dict, name: str) -> dict:
+    if name not in params:
+        raise LongtailError(f"params.yaml has no section '{name}'; add it (see the README)")
+    return params[name]
+
+
+def params_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their JSON text."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,191 @@
+"""MLflow tracking: one parent run per pipeline invocation, one nested run per stage.
+
+* Tracking URI: ``$MLFLOW_TRACKING_URI`` or a sqlite file in the repository (``mlflow.db``).
+* Parent run: ``$LONGTAIL_PARENT_RUN_ID`` (Snakemake's ``onstart`` creates it and exports it to every job,
+  local or SLURM). Without it (a plain ``dvc repro`` or a CLI call), stages of the same code + data + params
+  share one parent run found by the tag ``longtail.pipeline_key``.
+* Every stage run gets: the stage's params section (flattened), its metrics, its artifacts, and tags with
+  the git commit and the md5 of ``data.dvc``.
+* ``LONGTAIL_MLFLOW=0`` turns tracking off (metrics files are still written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from longtail import REPO_ROOT
+from longtail.common.io import write_json
+from longtail.common.params import flatten, params_hash
+
+EXPERIMENT = os.environ.get("LONGTAIL_EXPERIMENT", "longtail")
+PARENT_ENV = "LONGTAIL_PARENT_RUN_ID"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def enabled() -> bool:
+    return os.environ.get("LONGTAIL_MLFLOW", "1") not in ("0", "false", "no")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_md5() -> str:
+    import yaml
+
+    p = REPO_ROOT / "data.dvc"
+    try:
+        return str(yaml.safe_load(p.read_text())["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError):
+        return "unknown"
+
+
+def _client():
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return MlflowClient(tracking_uri())
+
+
+def experiment_id(client) -> str:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    kwargs = {}
+    if tracking_uri().startswith("sqlite:"):
+        kwargs["artifact_location"] = (REPO_ROOT / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(EXPERIMENT, **kwargs)
+    except Exception:  # created concurrently by another job
+        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def base_tags() -> dict[str, str]:
+    return {"git_commit": git_commit(), "data_md5": data_md5()}
+
+
+def start_pipeline_run(name: str = "pipeline", params: dict | None = None) -> str:
+    """Create the parent run of one pipeline invocation and export its id to child processes."""
+    client = _client()
+    tags = {**base_tags(), "longtail.role": "pipeline", "mlflow.runName": name}
+    run = client.create_run(experiment_id(client), tags=tags)
+    if params:
+        for k, v in flatten(params).items():
+            client.log_param(run.info.run_id, k[:250], str(v)[:6000])
+    os.environ[PARENT_ENV] = run.info.run_id
+    return run.info.run_id
+
+
+def end_pipeline_run(status: str = "FINISHED") -> None:
+    run_id = os.environ.get(PARENT_ENV)
+    if run_id and enabled():
+        _client().set_terminated(run_id, status=status)
+
+
+def _parent_run_id(client, exp_id: str, params: dict | None) -> str:
+    run_id = os.environ.get(PARENT_ENV)
+    if run_id:
+        return run_id
+    key = params_hash([git_commit(), data_md5(), params])
+    found = client.search_runs([exp_id], filter_string=f"tags.`longtail.pipeline_key` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {**base_tags(), "longtail.role": "pipeline", "longtail.pipeline_key": key,
+            "mlflow.runName": "pipeline (no Snakemake parent)"}
+    return client.create_run(exp_id, tags=tags).info.run_id
+
+
+class StageRun:
+    """Handle passed to a stage: log metrics (also to the DVC metrics file), step curves, artifacts."""
+
+    def __init__(self, stage: str, run_id: str | None):
+        self.stage = stage
+        self.run_id = run_id
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.active:
+            return
+        import mlflow
+
+        flat = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and v == v}
+        if flat:
+            mlflow.log_metrics(flat, step=step)
+
+    def write_metrics(self, path: str | Path, metrics: dict[str, Any]) -> Path:
+        """The DVC metrics file (JSON, atomic) and the same numbers in MLflow."""
+        write_json(path, metrics)
+        self.log_metrics(metrics)
+        return Path(path)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.active:
+            return
+        import mlflow
+
+        p = Path(path)
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), artifact_path=artifact_path)
+        elif p.exists():
+            mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict | None = None, all_params: dict | None = None,
+              run_name: str | None = None, tags: dict | None = None) -> Iterator[StageRun]:
+    """Nested MLflow run for one stage invocation; the run is marked FAILED if the block raises.
+
+    ``params`` is the stage's section of params.yaml (logged flattened); ``all_params`` (the whole file)
+    keys the fallback parent run.
+    """
+    if not enabled():
+        yield StageRun(stage, None)
+        return
+    import mlflow
+
+    client = _client()
+    exp_id = experiment_id(client)
+    parent = _parent_run_id(client, exp_id, all_params if all_params is not None else params)
+    run_tags = {**base_tags(), "mlflow.parentRunId": parent, "longtail.stage": stage,
+                "mlflow.runName": run_name or stage, **{k: str(v) for k, v in (tags or {}).items()}}
+    run = client.create_run(exp_id, tags=run_tags)
+    t0 = time.time()
+    with mlflow.start_run(run_id=run.info.run_id):
+        if params:
+            items = [(k[:250], str(v)[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i:i + 100]))
+        handle = StageRun(stage, run.info.run_id)
+        try:
+            yield handle
+        except BaseException:
+            mlflow.set_tag("longtail.status", "failed")
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.log_metric("stage_seconds", time.time() - t0)

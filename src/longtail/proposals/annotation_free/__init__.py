@@ -1,0 +1,1 @@
+"""Annotation-free mask proposals: UCM regions, Free Mask, multi-k spectral masks, FreeSOLO."""
