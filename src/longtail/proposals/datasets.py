@@ -1,0 +1,108 @@
+"""COCO datasets for the proposal stage: loading with clear errors, base/novel subsets, class-agnostic views,
+ground-truth masks as RLE."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from longtail.common.errors import LongtailError
+from longtail.common.io import read_json
+
+AGNOSTIC_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+SUBSETS = ("base", "novel", "all")
+
+
+def load_coco(path: str | Path) -> dict:
+    """A COCO instances JSON with the keys this stage needs; LongtailError names the file and key."""
+    d = read_json(path, "COCO dataset")
+    if not isinstance(d, dict):
+        raise LongtailError(f"{path}: a COCO instances JSON must be an object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(d.get(key), list):
+            raise LongtailError(f"{path}: key '{key}' missing or not a list; produce the file with "
+                                f"`longtail prepare` (COCO instances format)")
+    for im in d["images"]:
+        for key in ("id", "file_name", "height", "width"):
+            if key not in im:
+                raise LongtailError(f"{path}: image {im.get('id', '?')} lacks '{key}'; rerun `longtail prepare`")
+    for a in d["annotations"]:
+        for key in ("image_id", "category_id", "segmentation"):
+            if key not in a:
+                raise LongtailError(f"{path}: annotation {a.get('id', '?')} lacks '{key}'; rerun `longtail prepare`")
+    return d
+
+
+def category_splits(dataset: dict, source: str = "dataset") -> dict[str, set[int]]:
+    """{"base", "novel", "all"} -> category ids, from the ``split`` field every category carries."""
+    base, novel = set(), set()
+    for c in dataset["categories"]:
+        split = c.get("split")
+        if split == "base":
+            base.add(int(c["id"]))
+        elif split == "novel":
+            novel.add(int(c["id"]))
+        else:
+            raise LongtailError(f"{source}: category {c.get('id')} ({c.get('name')}) has split={split!r}, expected "
+                                f"'base' or 'novel'; produce the dataset with `longtail prepare`")
+    return {"base": base, "novel": novel, "all": base | novel}
+
+
+def subset(dataset: dict, cat_ids: set[int]) -> dict:
+    """The dataset with only annotations of ``cat_ids`` (all images kept)."""
+    out = {k: v for k, v in dataset.items() if k != "annotations"}
+    out["annotations"] = [a for a in dataset["annotations"] if int(a["category_id"]) in cat_ids]
+    return out
+
+
+def class_agnostic(dataset: dict) -> dict:
+    """Every annotation -> the single foreground class 1 ("object"); areas filled in where missing."""
+    out = {k: v for k, v in dataset.items() if k not in ("annotations", "categories")}
+    out["categories"] = [dict(AGNOSTIC_CATEGORY)]
+    ims = {im["id"]: im for im in dataset["images"]}
+    anns = []
+    for i, a in enumerate(dataset["annotations"]):
+        a = copy.copy(a)
+        a["category_id"] = 1
+        a.setdefault("id", i + 1)
+        a.setdefault("iscrowd", 0)
+        if "area" not in a or "bbox" not in a:
+            im = ims[a["image_id"]]
+            rle = ann_to_rle(a, im["height"], im["width"])
+            a.setdefault("area", float(mask_utils.area(rle)))
+            a.setdefault("bbox", mask_utils.toBbox(rle).tolist())
+        anns.append(a)
+    out["annotations"] = anns
+    return out
+
+
+def ann_to_rle(ann: dict, h: int, w: int) -> dict:
+    """Polygon / uncompressed RLE / RLE segmentation -> compressed RLE (bytes counts)."""
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        if not seg:
+            return mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, h, w)
+    if isinstance(seg, dict):
+        r = dict(seg)
+        if isinstance(r["counts"], str):
+            r["counts"] = r["counts"].encode("ascii")
+        return r
+    raise LongtailError(f"annotation {ann.get('id', '?')}: segmentation of type {type(seg).__name__} "
+                        f"is neither polygons nor RLE")
+
+
+def rle_to_json(rle: dict) -> dict:
+    r = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}
+    if isinstance(r["counts"], bytes):
+        r["counts"] = r["counts"].decode("ascii")
+    return r
+
+
+def images_with_annotations(dataset: dict) -> set[int]:
+    return {int(a["image_id"]) for a in dataset["annotations"] if not a.get("iscrowd", 0)}
