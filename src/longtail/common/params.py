@@ -44,9 +44,9 @@ def load_schema(schema_dir: Path = SCHEMA_DIR):
 
 
 def _draft():
-    from referencing.jsonschema import DRAFT7
+    from referencing.jsonschema import DRAFT202012
 
-    return DRAFT7
+    return DRAFT202012
 
 
 def validate_params(params: dict, source: str = "params.yaml") -> None:
@@ -54,7 +54,7 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
     import jsonschema
 
     schema, registry = load_schema()
-    validator = jsonschema.Draft7Validator(schema, registry=registry)
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []

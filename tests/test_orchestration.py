@@ -1,0 +1,78 @@
+"""Snakemake and DVC describe the same pipeline: same commands, inputs and outputs for every stage."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LOG_REDIRECT = re.compile(r"\s+2>\s*\S+\s*$")
+
+
+def snakemake_jobs(*targets: str) -> dict[str, dict]:
+    """Every job of `snakemake --forceall -n -p`: {command: {rule, inputs, outputs}}."""
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run([str(BIN / "snakemake"), "--forceall", "-n", "-p", "-c1", *targets], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    jobs: dict[str, dict] = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", out.stdout):
+        m = re.search(r"(?:local)?rule (\S+):", block)
+        if not m or m.group(1) == "all":
+            continue
+        field = lambda name: [s.strip() for s in (re.search(rf"\n\s+{name}: (.*)", block) or [None, ""])[1]
+                              .split(",") if s.strip()]
+        cmd = re.search(r"Shell command: (.*)", block)
+        assert cmd, f"rule {m.group(1)} has no shell command (rules only call the longtail CLI)"
+        command = LOG_REDIRECT.sub("", cmd.group(1).strip())
+        jobs[command] = {"rule": m.group(1), "inputs": set(field("input")), "outputs": set(field("output"))}
+    return jobs
+
+
+def dvc_stages() -> dict[str, dict]:
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    stages = {}
+    with Repo(str(REPO)) as repo:
+        for st in repo.index.stages:
+            if not st.cmd:
+                continue  # data.dvc
+            deps = {str(d.def_path) for d in st.deps if not isinstance(d, ParamsDependency)}
+            params = {k for d in st.deps if isinstance(d, ParamsDependency) for k in d.params}
+            stages[st.cmd] = {"name": st.addressing, "deps": deps, "outs": {str(o.def_path) for o in st.outs},
+                              "params": params}
+    return stages
+
+
+@pytest.fixture(scope="module")
+def both():
+    return snakemake_jobs("all"), dvc_stages()
+
+
+def test_same_commands(both):
+    smk, dvc = both
+    assert set(smk) == set(dvc), (f"only in Snakemake: {sorted(set(smk) - set(dvc))}\n"
+                                 f"only in dvc.yaml: {sorted(set(dvc) - set(smk))}")
+
+
+def test_same_inputs_and_outputs(both):
+    smk, dvc = both
+    for cmd, job in smk.items():
+        st = dvc[cmd]
+        code = {d for d in st["deps"] if d.startswith(("src/", "workflow/mmdet"))}
+        assert job["inputs"] == st["deps"] - code, f"{job['rule']} / {st['name']}: inputs differ"
+        assert job["outputs"] == st["outs"], f"{job['rule']} / {st['name']}: outputs differ"
+
+
+def test_every_dvc_stage_tracks_code_and_params(both):
+    _, dvc = both
+    for cmd, st in dvc.items():
+        assert any(d.startswith("src/longtail") for d in st["deps"]), f"{st['name']} does not depend on its code"
+        assert st["params"], f"{st['name']} declares no params"
