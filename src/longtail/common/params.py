@@ -17,8 +17,13 @@ import yaml
 from longtail import REPO_ROOT
 from longtail.common.errors import LongtailError
 
-SCHEMA_DIR = REPO_ROOT / "workflow" / "schemas"
-DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
+
+
+def project_root() -> Path:
+    """The project the command runs in: the working directory when it holds params.yaml (Snakemake, DVC,
+    a copy of the repo), else the repository the package is installed from."""
+    cwd = Path.cwd()
+    return cwd if (cwd / "params.yaml").exists() and (cwd / "workflow" / "schemas").is_dir() else REPO_ROOT
 
 
 def _load_yaml(path: Path, what: str) -> Any:
@@ -31,10 +36,11 @@ def _load_yaml(path: Path, what: str) -> Any:
         raise LongtailError(f"{what} {path} is not valid YAML: {e}") from e
 
 
-def load_schema(schema_dir: Path = SCHEMA_DIR):
+def load_schema(schema_dir: Path | None = None):
     """Return (schema, registry) with every ``*.schema.yaml`` of ``schema_dir`` resolvable by file name."""
     from referencing import Registry, Resource
 
+    schema_dir = schema_dir or project_root() / "workflow" / "schemas"
     resources = []
     for p in sorted(schema_dir.glob("*.schema.yaml")):
         resources.append((p.name, Resource.from_contents(_load_yaml(p, "schema"),
@@ -93,7 +99,7 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
 
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
     """Load params.yaml, apply ``KEY=VALUE`` overrides, validate; raise LongtailError on any problem."""
-    path = Path(path) if path else DEFAULT_PARAMS
+    path = Path(path) if path else project_root() / "params.yaml"
     params = _load_yaml(path, "params file")
     if not isinstance(params, dict):
         raise LongtailError(f"params file {path} must be a mapping of sections")

@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from longtail import REPO_ROOT
 from longtail.common.io import write_json
-from longtail.common.params import flatten, params_hash
+from longtail.common.params import flatten, params_hash, project_root
 
 EXPERIMENT = os.environ.get("LONGTAIL_EXPERIMENT", "longtail")
 PARENT_ENV = "LONGTAIL_PARENT_RUN_ID"
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def enabled() -> bool:
@@ -36,10 +35,10 @@ def enabled() -> bool:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
                              timeout=10)
         commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(),
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -49,7 +48,7 @@ def git_commit() -> str:
 def data_md5() -> str:
     import yaml
 
-    p = REPO_ROOT / "data.dvc"
+    p = project_root() / "data.dvc"
     try:
         return str(yaml.safe_load(p.read_text())["outs"][0]["md5"])
     except (OSError, KeyError, IndexError, TypeError):
@@ -70,7 +69,7 @@ def experiment_id(client) -> str:
         return exp.experiment_id
     kwargs = {}
     if tracking_uri().startswith("sqlite:"):
-        kwargs["artifact_location"] = (REPO_ROOT / "mlartifacts").as_uri()
+        kwargs["artifact_location"] = (project_root() / "mlartifacts").as_uri()
     try:
         return client.create_experiment(EXPERIMENT, **kwargs)
     except Exception:  # created concurrently by another job

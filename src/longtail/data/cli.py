@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from longtail import REPO_ROOT
 from longtail.cli import add_params_args
 from longtail.common import atomic_dir, write_json
-from longtail.common.params import load_params, section
+from longtail.common.params import load_params, project_root, section
 from longtail.common.tracking import stage_run
 
 
@@ -17,7 +16,8 @@ def register(sub) -> None:
                                    "train.json, train_base.json, val.json, categories.json, metrics.json.")
     add_params_args(p)
     p.add_argument("--out-dir", default=None, help="output folder (default: data.out_dir)")
-    p.add_argument("--root", default=str(REPO_ROOT), help="folder the data paths are relative to")
+    p.add_argument("--root", default=None, help="folder the data paths are relative to (default: the project "
+                   "root, i.e. the working directory when it holds params.yaml)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +28,7 @@ def run(args) -> int:
     cfg = section(params, "data")
     out_dir = Path(args.out_dir or cfg["out_dir"])
     with stage_run("prepare", params=cfg, all_params=params) as run:
-        datasets, metrics = prepare(cfg, Path(args.root))
+        datasets, metrics = prepare(cfg, Path(args.root) if args.root else project_root())
         cats = datasets["train"]["categories"]
         with atomic_dir(out_dir) as tmp:
             for name, coco in datasets.items():
