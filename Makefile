@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 PROFILE ?= workflow/profiles/local
 PYTEST_ARGS ?=
 
-.PHONY: help setup data run test test-fast repro dag install-profile mlflow-ui bench clean
+.PHONY: help setup data run test test-fast repro dag install-profile mlflow-ui lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ install-profile:  ## link the SLURM profile so that `snakemake --profile slurm` 
 
 mlflow-ui:  ## browse the runs (http://127.0.0.1:5000)
 	mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} --host 127.0.0.1 --port 5000
+
+lock:  ## rewrite requirements/constraints.txt from .venv and regenerate envs/
+	@{ head -4 requirements/constraints.txt; pip freeze --exclude-editable | grep -v -E '^(mmcv|longtail)=='; } > requirements/constraints.txt.new
+	@mv requirements/constraints.txt.new requirements/constraints.txt && python scripts/make_envs.py && echo "lock updated"
 
 clean:  ## remove results and the MLflow store (keeps .venv and data)
 	rm -rf results mlflow.db mlartifacts .snakemake

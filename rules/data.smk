@@ -17,7 +17,7 @@ rule prepare:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/data.yaml"
     log:
         "results/logs/prepare.log",
     shell:

@@ -31,6 +31,7 @@ GROUPS = {
     "discovery": COMMON + TORCH + ["geoopt", "visaionlvis", "scikit-learn", "pandas"],
     "report": COMMON + TORCH + ["geoopt", "visaionlvis", "scikit-learn", "pandas"],
 }
+GROUPS["longtail"] = sorted({p for g in GROUPS.values() for p in g})  # everything (annotation-free, ablations)
 
 
 def read_lock() -> dict[str, str]:

@@ -15,7 +15,6 @@ t0=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 C="-c requirements/constraints.txt"
-$PIP install -q --upgrade "pip<25" 
 $PIP install -q $C torch torchvision
 $PIP install -q $C "setuptools<70" wheel ninja numpy
 if ! "$VENV/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then

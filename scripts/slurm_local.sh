@@ -3,8 +3,10 @@
 #
 #   scripts/slurm_local.sh install   apt-get install slurmd slurmctld slurm-client munge if missing (root)
 #   scripts/slurm_local.sh start     install if missing, write the config, start munged/slurmctld/slurmd,
-#                                    wait until the node is idle (idempotent: a running SLURM is left alone)
-#   scripts/slurm_local.sh stop      stop only the daemons this script started (idempotent)
+#                                    wait until the node is idle (idempotent: a running SLURM is left alone);
+#                                    its last stdout line is `started: <the daemons this call started>`
+#   scripts/slurm_local.sh stop [DAEMON...]   stop the daemons this script started (all, or only the named
+#                                    ones among munged/slurmctld/slurmd; idempotent)
 #   scripts/slurm_local.sh status    sinfo + the daemons this script started
 #
 # The config is /etc/slurm/slurm.conf (where Debian's sbatch/squeue look for it, so that the literal
@@ -134,9 +136,11 @@ start_munge() {
     done
     munge -n | unmunge >/dev/null || die "munged does not answer"
     cp /run/munge/munged.pid "$STATE_DIR/munged.pid"
+    STARTED+=(munged)
     log "started munged (pid $(cat "$STATE_DIR/munged.pid"))"
 }
 
+STARTED=()
 cmd_start() {
     cmd_install
     mkdir -p "$STATE_DIR"
@@ -151,12 +155,14 @@ cmd_start() {
         for _ in $(seq "$WAIT_S"); do controller_up && break; sleep 1; done
         controller_up || die "slurmctld did not come up; see $LOG_DIR/slurmctld.log"
         cp /run/slurmctld.pid "$STATE_DIR/slurmctld.pid"
+        STARTED+=(slurmctld)
         log "started slurmctld (pid $(cat "$STATE_DIR/slurmctld.pid"))"
     fi
     if ! pgrep -x slurmd >/dev/null; then
         slurmd
         for _ in $(seq 20); do [[ -s /run/slurmd.pid ]] && break; sleep 0.5; done
         cp /run/slurmd.pid "$STATE_DIR/slurmd.pid"
+        STARTED+=(slurmd)
         log "started slurmd (pid $(cat "$STATE_DIR/slurmd.pid"))"
     fi
     local state=""
@@ -175,6 +181,7 @@ cmd_start() {
         idle*|mixed*|allocated*) log "SLURM is up: node $(hostname -s) is $state" ;;
         *) die "node state is '$state'; see $LOG_DIR/slurmd.log and $LOG_DIR/slurmctld.log" ;;
     esac
+    echo "started: ${STARTED[*]}"
 }
 
 stop_one() {  # name: stop the daemon whose pid file we saved at start, wait until it is gone
@@ -191,9 +198,12 @@ stop_one() {  # name: stop the daemon whose pid file we saved at start, wait unt
 }
 
 cmd_stop() {
-    stop_one slurmd
-    stop_one slurmctld
-    stop_one munged
+    local d names=("$@")
+    [[ ${#names[@]} -gt 0 ]] || names=(slurmd slurmctld munged)
+    for d in slurmd slurmctld munged; do   # this order: the node, the controller, then authentication
+        [[ " ${names[*]} " == *" $d "* ]] && stop_one "$d"
+    done
+    return 0
 }
 
 cmd_status() {
@@ -208,7 +218,7 @@ cmd_status() {
 case ${1:-} in
     install) cmd_install ;;
     start) cmd_start ;;
-    stop) cmd_stop ;;
+    stop) shift; cmd_stop "$@" ;;
     status) cmd_status ;;
     *) echo "usage: $0 install|start|stop|status" >&2; exit 64 ;;
 esac
