@@ -48,9 +48,9 @@ cmd_install() {
     fi
     command -v apt-get >/dev/null || die "slurm binaries missing and no apt-get here; install ${PKGS[*]}"
     log "installing ${PKGS[*]} with apt-get"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PKGS[@]}" \
-        || { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
-             && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PKGS[@]}"; } \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PKGS[@]}" >&2 \
+        || { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 \
+             && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PKGS[@]}" >&2; } \
         || die "apt-get install ${PKGS[*]} failed (root or sudo -n needed)"
     have_binaries || die "installed ${PKGS[*]} but the binaries are still missing"
 }
@@ -74,9 +74,10 @@ write_conf() {
     fi
     mkdir -p "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd
     cat >"$CONF.tmp" <<EOF
-$MARKER ($(date -u +%FT%TZ)); single node on localhost.
+$MARKER ($(date -u +%FT%TZ)); single node on localhost
+# (addresses given as 127.0.0.1, so the host name need not resolve).
 ClusterName=local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
@@ -99,7 +100,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 MinJobAge=600
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
@@ -200,6 +201,9 @@ stop_one() {  # name: stop the daemon whose pid file we saved at start, wait unt
 cmd_stop() {
     local d names=("$@")
     [[ ${#names[@]} -gt 0 ]] || names=(slurmd slurmctld munged)
+    for d in "${names[@]}"; do
+        case $d in slurmd|slurmctld|munged) ;; *) die "stop: unknown daemon '$d' (munged, slurmctld, slurmd)" ;; esac
+    done
     for d in slurmd slurmctld munged; do   # this order: the node, the controller, then authentication
         [[ " ${names[*]} " == *" $d "* ]] && stop_one "$d"
     done
