@@ -37,9 +37,9 @@ dag:  ## draw the rule graph to results/dag.svg
 	@mkdir -p results && snakemake --rulegraph | dot -Tsvg > results/dag.svg && echo results/dag.svg
 
 install-profile:  ## link the SLURM profile so that `snakemake --profile slurm` works
-	@mkdir -p $(HOME)/.config/snakemake
-	ln -sfn $(CURDIR)/workflow/profiles/slurm $(HOME)/.config/snakemake/slurm
-	@echo "linked $(HOME)/.config/snakemake/slurm -> workflow/profiles/slurm"
+	@d="$${XDG_CONFIG_HOME:-$(HOME)/.config}/snakemake"; mkdir -p "$$d"; \
+	if [ -e "$$d/slurm" ] && [ ! -L "$$d/slurm" ]; then echo "$$d/slurm exists and is not a link; move it away" >&2; exit 1; fi; \
+	ln -sfn $(CURDIR)/workflow/profiles/slurm "$$d/slurm" && echo "linked $$d/slurm -> workflow/profiles/slurm"
 
 mlflow-ui:  ## browse the runs (http://127.0.0.1:5000)
 	mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} --host 127.0.0.1 --port 5000
