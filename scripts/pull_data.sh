@@ -17,7 +17,7 @@ MSG
     exit 2
   fi
 fi
-if ! $DVC pull -q; then
+if ! $DVC pull -q data.dvc; then
   echo "error: 'dvc pull' failed (remote: ${url:-none}). Check the remote with '.venv/bin/dvc remote list' or" \
        "add your own: '.venv/bin/dvc remote add -d -f mine <url>'." >&2
   exit 2
