@@ -1,0 +1,127 @@
+"""Reliability (issue 8): kill -9 during training then resume == uninterrupted, same seed == same metrics,
+no partial output ever taken as done, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+TRAIN = ["--set", "embedding.max_steps=12", "--set", "embedding.checkpoint_every=2", "--set", "embedding.epochs=1"]
+TIMING = ("seconds", "time", "steps_per_second")
+
+
+def longtail(*args, cwd):
+    r = subprocess.run([str(BIN / "longtail"), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                       timeout=900)
+    return r
+
+
+@pytest.fixture(scope="module")
+def gt_train(prepared, tmp_path_factory, repo_root):
+    out = tmp_path_factory.mktemp("gt") / "train"
+    r = longtail("propose", "--method", "gt", "--dataset", str(prepared / "train.json"), "--out-dir", str(out),
+                 cwd=repo_root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def _train(gt_train, out, repo_root):
+    return subprocess.Popen([str(BIN / "longtail"), "train-embedding", "--proposals", str(gt_train), "--variant",
+                             "poincare", "--out-dir", str(out), *TRAIN], cwd=repo_root, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _metrics(out: Path) -> dict:
+    m = json.loads((out / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if not any(t in k for t in TIMING)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(gt_train, tmp_path_factory, repo_root):
+    out = tmp_path_factory.mktemp("emb") / "a"
+    p = _train(gt_train, out, repo_root)
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-2000:]
+    return out
+
+
+def test_same_seed_same_metrics(uninterrupted, gt_train, tmp_path, repo_root):
+    out = tmp_path / "b"
+    p = _train(gt_train, out, repo_root)
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-2000:]
+    assert _metrics(out) == _metrics(uninterrupted)
+    import torch
+
+    a = torch.load(uninterrupted / "model.pt", weights_only=False)["model"]
+    b = torch.load(out / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, gt_train, tmp_path, repo_root):
+    out = tmp_path / "k"
+    p = _train(gt_train, out, repo_root)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, "training finished before a checkpoint could be interrupted"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    # killed: no final output may exist (it is only renamed into place when complete)
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+    assert ckpt.exists()
+    p = _train(gt_train, out, repo_root)
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-2000:]
+    assert "resum" in err.lower()
+    assert _metrics(out) == _metrics(uninterrupted)
+    assert not ckpt.exists()
+
+
+def test_image_with_zero_proposals_is_embedded_without_it(uninterrupted, gt_train, prepared, tmp_path, repo_root):
+    """An image whose proposal list is empty: embed handles it (no rows for it), counts stay consistent."""
+    from longtail.proposals.format import read_proposals, write_proposals
+
+    index, records = read_proposals(gt_train)
+    victim = index["images"][0]["id"]
+    kept = [r for r in records if r["image_id"] != victim]
+    props = tmp_path / "props"
+    write_proposals(props, kept, index["images"], method="gt", dataset=index["dataset"], topk=index["topk"],
+                    nms_iou=index["nms_iou"])
+    r = longtail("embed", "--model", str(uninterrupted / "model.pt"), "--proposals", str(props), "--anchors",
+                 str(prepared / "train.json"), "--out", str(tmp_path / "e.npz"), "--metrics",
+                 str(tmp_path / "m.json"), cwd=repo_root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    z = np.load(tmp_path / "e.npz")
+    assert victim not in set(z["proposal_image_ids"].tolist())
+    assert len(z["proposal_embeddings"]) == len(kept) - sum(
+        1 for rec in kept if rec["segmentation"]["counts"] in ("", None))
+    assert np.isfinite(z["proposal_embeddings"]).all()
+
+
+def test_empty_annotation_file_is_named(tmp_path, repo_root):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    r = longtail("prepare", "--out-dir", str(tmp_path / "o"), "--set",
+                 f"data.sources=[{{name: e, split: train, format: instances, annotations: {empty}, images: x}}]",
+                 cwd=repo_root)
+    assert r.returncode == 2 and str(empty) in r.stderr and "not valid JSON" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_wrong_type_param_is_named(tmp_path, repo_root):
+    r = longtail("train-embedding", "--proposals", str(tmp_path), "--out-dir", str(tmp_path / "o"),
+                 "--set", "embedding.lr=fast", cwd=repo_root)
+    assert r.returncode == 2 and "embedding.lr" in r.stderr and "Traceback" not in r.stderr
