@@ -1,9 +1,14 @@
 # Shared by all rule files: config validation, MLflow parent run, targets.
+import json
 import os
 
 from snakemake.utils import validate
 
 validate(config, schema="../workflow/schemas/params.schema.yaml")
+
+# Every `longtail` job reads exactly this config (params.yaml + --configfile experiments + --config overrides);
+# set at parse time so that SLURM job steps, which re-parse the workflow, export it too.
+os.environ["LONGTAIL_CONFIG"] = json.dumps(config)
 
 LONGTAIL = "longtail"
 

@@ -76,3 +76,22 @@ def test_every_dvc_stage_tracks_code_and_params(both):
     for cmd, st in dvc.items():
         assert any(d.startswith("src/longtail") for d in st["deps"]), f"{st['name']} does not depend on its code"
         assert st["params"], f"{st['name']} declares no params"
+
+
+@pytest.mark.slow
+def test_configfile_overlay_reaches_the_cli(tmp_path):
+    """`snakemake --configfile experiment.yaml` changes what the `longtail` jobs compute (via $LONGTAIL_CONFIG)."""
+    import json
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("data:\n  base_categories: [person, dog]\n")
+    (tmp_path / "params.yaml").symlink_to(REPO / "params.yaml")  # `configfile: params.yaml` is cwd-relative
+    (tmp_path / "data").symlink_to(REPO / "data")
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("LONGTAIL_CONFIG", None)
+    r = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-c1",
+                        "results/data/metrics.json", "--configfile", str(exp)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    m = json.loads((tmp_path / "results/data/metrics.json").read_text())
+    assert m["num_base_categories"] == 2 and m["num_novel_categories"] == 78

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -97,8 +98,25 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
     return params
 
 
+CONFIG_ENV = "LONGTAIL_CONFIG"
+
+
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
-    """Load params.yaml, apply ``KEY=VALUE`` overrides, validate; raise LongtailError on any problem."""
+    """Load params.yaml, apply ``KEY=VALUE`` overrides, validate; raise LongtailError on any problem.
+
+    Inside a Snakemake job (no explicit ``--params``) the config is Snakemake's own, exported by
+    rules/common.smk as JSON in ``$LONGTAIL_CONFIG``: params.yaml merged with ``--configfile`` experiment
+    files and ``--config`` overrides, so the rules and the CLI always see the same values.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(f"${CONFIG_ENV}")
+        try:
+            params = json.loads(os.environ[CONFIG_ENV])
+        except json.JSONDecodeError as e:
+            raise LongtailError(f"${CONFIG_ENV} is not valid JSON ({e}); unset it to read params.yaml") from e
+        params = apply_overrides(params, overrides)
+        validate_params(params, source="the Snakemake config ($LONGTAIL_CONFIG)")
+        return params
     path = Path(path) if path else project_root() / "params.yaml"
     params = _load_yaml(path, "params file")
     if not isinstance(params, dict):
