@@ -104,6 +104,20 @@ def fingerprint(cfg: dict, ts: TrainingSet, seed: int) -> str:
     return params_hash([{k: cfg[k] for k in sorted(keys)}, ts.record_ids.tolist(), seed])
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)`` with geoopt's per-parameter ``step`` counters kept as Python ints.
+
+    geoopt's RiemannianAdam counts ``step`` in a Python int (bias corrections ``beta ** step`` in float64),
+    but torch.optim.Adam.__setstate__, which load_state_dict calls, turns it into a float32 tensor: the
+    bias corrections of a resumed run were then rounded to float32 and the run drifted from an
+    uninterrupted one. The counters are put back to ints, as in an uninterrupted run.
+    """
+    opt.load_state_dict(state)
+    for p_state in opt.state.values():
+        if torch.is_tensor(p_state.get("step")):
+            p_state["step"] = int(p_state["step"].item())
+
+
 def train(model: EmbeddingNet, ts: TrainingSet, cfg: dict, *, seed: int, checkpoint: str | Path | None = None,
           on_step: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
     """Train ``model`` in place; return the history and summary numbers."""
@@ -126,7 +140,7 @@ def train(model: EmbeddingNet, ts: TrainingSet, cfg: dict, *, seed: int, checkpo
         state = torch.load(ckpt, map_location=model_device(model), weights_only=False)
         if state.get("fingerprint") == fp:
             model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
+            load_optimizer_state(opt, state["optimizer"])
             step, history = int(state["step"]), list(state["history"])
             log.info("resuming from %s at step %d/%d", ckpt, step, total)
         else:
