@@ -1,0 +1,278 @@
+"""Evaluation of discovered clusters (Weng et al. §3.3, §4, Tables 1 and 3).
+
+* ``cluster_category_distance`` + ``greedy_labels``: every cluster gets the label of the ground-truth category
+  it is on average closest to (mean distance between its members and that category's anchor embeddings);
+  pairs are taken in order of increasing distance and each label is used at most once. Clusters left
+  unlabelled are "novel" (-1).
+* ``detections``: each proposal takes its cluster's label and its own objectness score (COCO results).
+* ``coco_eval`` (pycocotools, segm): AP, AP50, AP75, APs, APm, APl on the chosen categories.
+* ``lvis_eval`` (the ``lvis`` API): the same plus APr, APc, APf.
+* ``purity`` (Manning et al. 2008): sum over clusters of the majority-class count / number of items, over the
+  clusters labelled with a category (as Table 3), overall and per group (frequency or base/novel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from longtail.common.errors import LongtailError
+from longtail.discovery.spaces import pairwise_dist
+
+NOVEL = -1
+COCO_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+LVIS_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
+
+
+# -- labelling ----------------------------------------------------------------------------------------------
+def cluster_category_distance(Z: np.ndarray, labels: np.ndarray, n_clusters: int, anchors: np.ndarray,
+                              anchor_cats: np.ndarray, space: str, curvature: float = 1.0,
+                              chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """D[c, g] = mean over members i of cluster c and anchors a of category g of d(z_i, a).
+
+    Returns (D, categories); D is +inf for empty clusters.
+    """
+    cats, inv = np.unique(np.asarray(anchor_cats), return_inverse=True)
+    onehot = np.zeros((len(anchor_cats), len(cats)))
+    onehot[np.arange(len(anchor_cats)), inv] = 1.0
+    onehot /= onehot.sum(0, keepdims=True)
+    import torch
+
+    S = torch.zeros((n_clusters, len(cats)), dtype=torch.float64)
+    lab = torch.as_tensor(np.asarray(labels, np.int64))
+    for s in range(0, len(Z), chunk):
+        d = pairwise_dist(Z[s:s + chunk], anchors, space, curvature) @ onehot   # (n, G) mean per category
+        S.index_add_(0, lab[s:s + chunk], torch.from_numpy(d))
+    S = S.numpy()
+    sizes = np.bincount(labels, minlength=n_clusters).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        D = S / sizes[:, None]
+    D[sizes == 0] = np.inf
+    return D, cats
+
+
+def greedy_labels(D: np.ndarray, categories: Sequence[int]) -> np.ndarray:
+    """Greedy one-to-one matching: closest (cluster, category) pair first; -1 for unlabelled clusters."""
+    out = np.full(D.shape[0], NOVEL, dtype=np.int64)
+    order = np.argsort(D, axis=None, kind="stable")
+    used_c, used_g = np.zeros(D.shape[0], bool), np.zeros(D.shape[1], bool)
+    left = min(D.shape[0], D.shape[1])
+    for flat in order:
+        c, g = divmod(int(flat), D.shape[1])
+        if not np.isfinite(D[c, g]):
+            break
+        if used_c[c] or used_g[g]:
+            continue
+        out[c] = categories[g]
+        used_c[c] = used_g[g] = True
+        left -= 1
+        if left == 0:
+            break
+    return out
+
+
+# -- ground truth matching ----------------------------------------------------------------------------------
+def _rle(seg, h: int, w: int) -> dict:
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, h, w)
+    r = dict(seg)
+    if isinstance(r["counts"], str):
+        r["counts"] = r["counts"].encode("ascii")
+    return r
+
+
+def gt_class_of_proposals(records: Sequence[dict], gt: dict, iou_thr: float = 0.5) -> np.ndarray:
+    """Category of the best-overlapping non-crowd GT mask (IoU >= iou_thr) of every proposal, else -1."""
+    imgs = {im["id"]: im for im in gt["images"]}
+    by_img: dict[int, list[dict]] = defaultdict(list)
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):
+            by_img[a["image_id"]].append(a)
+    prop_by_img: dict[int, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        prop_by_img[r["image_id"]].append(i)
+    out = np.full(len(records), -1, dtype=np.int64)
+    for img_id, idx in prop_by_img.items():
+        anns = by_img.get(img_id, [])
+        if not anns:
+            continue
+        im = imgs.get(img_id)
+        if im is None:
+            raise LongtailError(f"proposals reference image {img_id} which is not in the ground truth JSON; "
+                                f"evaluate the proposals against the dataset they were made on")
+        g = [_rle(a["segmentation"], im["height"], im["width"]) for a in anns]
+        p = [_rle(records[i]["segmentation"], im["height"], im["width"]) for i in idx]
+        iou = np.asarray(mask_utils.iou(p, g, [0] * len(g))).reshape(len(p), len(g))
+        best = iou.argmax(1)
+        ok = iou[np.arange(len(p)), best] >= iou_thr
+        cats = np.array([a["category_id"] for a in anns])
+        out[np.asarray(idx)[ok]] = cats[best[ok]]
+    return out
+
+
+# -- purity -------------------------------------------------------------------------------------------------
+def purity(cluster_of: np.ndarray, gt_class: np.ndarray, cluster_label: np.ndarray | None = None,
+           groups: dict[int, str] | None = None) -> dict:
+    """Purity of the clusters over the items with a GT class (gt_class >= 0).
+
+    With ``cluster_label`` only labelled clusters (label != -1) count, as in Table 3; with ``groups``
+    (category id -> group name) also per group of the cluster's label.
+    """
+    keep = gt_class >= 0
+    cl, gc = cluster_of[keep], gt_class[keep]
+    if cluster_label is not None:
+        lab = cluster_label[cl]
+        m = lab != NOVEL
+        cl, gc, lab = cl[m], gc[m], lab[m]
+    res: dict = {}
+    majority: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    for c in np.unique(cl):
+        _vals, counts = np.unique(gc[cl == c], return_counts=True)
+        majority[int(c)] = int(counts.max())
+        sizes[int(c)] = int(counts.sum())
+    n = sum(sizes.values())
+    res["purity"] = float(sum(majority.values()) / n) if n else 0.0
+    res["items"] = int(n)
+    res["clusters"] = len(sizes)
+    if groups is not None and cluster_label is not None:
+        for gname in sorted(set(groups.values())):
+            cs = [c for c in sizes if groups.get(int(cluster_label[c])) == gname]
+            ng = sum(sizes[c] for c in cs)
+            res[f"purity_{gname}"] = float(sum(majority[c] for c in cs) / ng) if ng else None
+            res[f"clusters_{gname}"] = len(cs)
+    return res
+
+
+# -- detections and AP --------------------------------------------------------------------------------------
+def detections(records: Sequence[dict], proposal_ids: np.ndarray, cluster_of: np.ndarray,
+               cluster_label: np.ndarray) -> list[dict]:
+    """COCO results: each embedded proposal with its cluster's category and its own score (novel: skipped)."""
+    out = []
+    for pid, c in zip(proposal_ids.tolist(), cluster_of.tolist()):
+        cat = int(cluster_label[c])
+        if cat == NOVEL:
+            continue
+        r = records[pid]
+        out.append({"image_id": int(r["image_id"]), "category_id": cat, "segmentation": r["segmentation"],
+                    "score": float(r["score"])})
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield buf
+
+
+def coco_eval(gt: dict, dets: list[dict], cat_ids: Iterable[int], img_ids: Iterable[int],
+              max_dets: int = 100) -> dict:
+    """Segm AP (pycocotools) on ``cat_ids`` x ``img_ids``; categories without GT there are ignored."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    img_ids = sorted({int(i) for i in img_ids})
+    cat_ids = sorted({int(c) for c in cat_ids})
+    gt_ids = {a["category_id"] for a in gt["annotations"] if a["image_id"] in set(img_ids)}
+    eval_cats = [c for c in cat_ids if c in gt_ids]
+    if not eval_cats:
+        raise LongtailError("evaluation: none of the evaluated categories has a ground-truth instance in the "
+                            "evaluated images; choose other categories (discovery.eval_categories) or images")
+    with _quiet():
+        cg = COCO()
+        cg.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
+        cg.dataset.setdefault("info", {})
+        cg.createIndex()
+        dets = [d for d in dets if d["category_id"] in set(eval_cats) and d["image_id"] in set(img_ids)]
+        if not dets:
+            return {**{k: 0.0 for k in COCO_KEYS}, "categories_evaluated": len(eval_cats), "detections": 0}
+        cd = cg.loadRes([dict(d) for d in dets])
+        ev = COCOeval(cg, cd, "segm")
+        ev.params.catIds = eval_cats
+        ev.params.imgIds = img_ids
+        ev.params.maxDets = [1, 10, max_dets]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(s) for s in ev.stats[:6]]
+    # -1 = no GT in that area range: report 0 would be wrong, keep None
+    return {**{k: (v if v >= 0 else None) for k, v in zip(COCO_KEYS, stats)},
+            "categories_evaluated": len(eval_cats), "detections": len(dets)}
+
+
+def _lvis_from_dict(d: dict):
+    from lvis import LVIS
+
+    obj = LVIS.__new__(LVIS)
+    obj.logger = logging.getLogger("lvis")
+    obj.dataset = d
+    obj._create_index()
+    return obj
+
+
+def lvis_gt_as_results(gt: dict) -> list[dict]:
+    """Ground-truth annotations as detections (score 1, RLE masks): must evaluate to AP = 1."""
+    imgs = {im["id"]: im for im in gt["images"]}
+    out = []
+    for a in gt["annotations"]:
+        im = imgs[a["image_id"]]
+        rle = _rle(a["segmentation"], im["height"], im["width"])
+        rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        out.append({"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": rle,
+                    "score": 1.0})
+    return out
+
+
+def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = None,
+              max_dets: int = 300) -> dict:
+    """LVIS segm AP (the ``lvis`` API) incl. APr/APc/APf, restricted to ``img_ids`` if given."""
+    from lvis import LVISEval, LVISResults
+
+    if isinstance(gt, str):
+        from longtail.common.io import read_json
+
+        gt = read_json(gt, "LVIS annotation file")
+    if img_ids is not None:
+        keep = {int(i) for i in img_ids} & {im["id"] for im in gt["images"]}
+        if not keep:
+            raise LongtailError("LVIS evaluation: no evaluated image is in the LVIS annotation file; "
+                                "set discovery.lvis_json to the LVIS file of these images (or null)")
+        gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    keep_img = {im["id"] for im in gt["images"]}
+    dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets if d["image_id"] in keep_img]
+    for d in dets:  # LVISResults computes area from bytes RLE
+        if isinstance(d["segmentation"]["counts"], str):
+            d["segmentation"] = {**d["segmentation"], "counts": d["segmentation"]["counts"].encode("ascii")}
+    if not dets:
+        return {**{k: 0.0 for k in LVIS_KEYS}, "detections": 0, "images": len(keep_img)}
+    logging.getLogger("lvis").setLevel(logging.WARNING)
+    lg = _lvis_from_dict(gt)
+    with _quiet():
+        res = LVISResults(lg, dets, max_dets=max_dets)
+        ev = LVISEval(lg, res, "segm")
+        ev.run()
+    r = ev.get_results()
+    return {**{k: (float(r[k]) if r[k] >= 0 else None) for k in LVIS_KEYS}, "detections": len(dets),
+            "images": len(keep_img)}
+
+
+def coco_to_lvis_ids(coco_gt: dict, lvis_gt: dict, synsets: dict) -> dict[int, int]:
+    """COCO category id -> LVIS category id through the synsets of data/lvis/coco_to_synset.json."""
+    name_of = {c["id"]: c["name"] for c in coco_gt["categories"]}
+    by_syn = {c["synset"]: c["id"] for c in lvis_gt["categories"]}
+    out = {}
+    for cid, name in name_of.items():
+        s = synsets.get(name)
+        if s and s.get("synset") in by_syn:
+            out[cid] = by_syn[s["synset"]]
+    return out

@@ -1,0 +1,271 @@
+"""Cluster labelling, purity, COCO/LVIS AP and the `cluster`/`evaluate` CLI on the prepared val set.
+
+Proposals = the GT masks of results/data/val.json (shared proposal format); embeddings = planted clusters in
+the Poincaré ball, one per category, so every number below has a hand-computable value.
+"""
+
+import json
+from pathlib import Path
+
+import geoopt
+import numpy as np
+import pytest
+import torch
+
+from longtail import REPO_ROOT
+from longtail.cli import main
+from longtail.common.errors import LongtailError
+from longtail.discovery import evaluate as E
+from longtail.proposals.format import make_record, read_proposals, write_proposals
+
+LVIS = REPO_ROOT / "data" / "lvis" / "lvis_val_100.json"
+BALL = geoopt.PoincareBall()
+VAL: Path = None  # type: ignore[assignment]   # the prepared val.json (session fixture `prepared`)
+
+
+@pytest.fixture(autouse=True)
+def _setup(monkeypatch, prepared):
+    global VAL
+    VAL = prepared / "val.json"
+    monkeypatch.setenv("LONGTAIL_MLFLOW", "0")
+
+
+def gt_proposals(tmp_path: Path, n_images: int = 60, extra_ids=()):
+    """Proposal set = non-crowd GT masks of the first n_images val images (+ extra_ids), score 1."""
+    gt = json.loads(VAL.read_text())
+    ids = [im["id"] for im in gt["images"][:n_images]] + [i for i in extra_ids]
+    imgs = [im for im in gt["images"] if im["id"] in set(ids)]
+    by_id = {im["id"]: im for im in imgs}
+    recs, cats = [], []
+    for a in gt["annotations"]:
+        if a["image_id"] in by_id and not a.get("iscrowd", 0):
+            im = by_id[a["image_id"]]
+            rle = E._rle(a["segmentation"], im["height"], im["width"])
+            recs.append(make_record(a["image_id"], {"size": rle["size"], "counts": rle["counts"].decode()},
+                                    1.0, gt_category=a["category_id"]))
+    out = tmp_path / "proposals"
+    write_proposals(out, recs, imgs, method="gt", dataset=str(VAL), topk=100, nms_iou=1.0)
+    _, recs = read_proposals(out)   # sorted order = proposal ids
+    cats = np.array([r["gt_category"] for r in recs])
+    return gt, out, recs, cats
+
+
+def planted_embeddings(cats, all_cats, seed=0, spread=0.03, anchors_per=3):
+    """One tight cluster per category: centres spread over the ball on 3 rings."""
+    rng = np.random.default_rng(seed)
+    all_cats = sorted(all_cats)
+    n = len(all_cats)
+    ang = np.arange(n) * 2 * np.pi * 0.618034  # golden-angle spiral
+    rad = 1.0 + 3.0 * np.sqrt((np.arange(n) + 0.5) / n)
+    cen = BALL.expmap0(torch.tensor(np.stack([np.cos(ang), np.sin(ang)], 1) * rad[:, None]))
+    pos = {c: i for i, c in enumerate(all_cats)}
+
+    def around(c, m):
+        ctr = cen[pos[c]].expand(m, 2)
+        return BALL.expmap(ctr, BALL.transp0(ctr, torch.tensor(rng.normal(size=(m, 2)) * spread))).numpy()
+
+    Z = np.concatenate([around(c, 1) for c in cats])
+    A = np.concatenate([around(c, anchors_per) for c in all_cats])
+    Acat = np.repeat(all_cats, anchors_per)
+    return Z.astype(np.float32), A.astype(np.float32), Acat
+
+
+def write_npz(path, Z, A, Acat, recs, space="poincare"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, proposal_embeddings=Z, proposal_ids=np.arange(len(Z)),
+             proposal_image_ids=np.array([r["image_id"] for r in recs]),
+             proposal_scores=np.array([r["score"] for r in recs]), anchor_embeddings=A,
+             anchor_category_ids=Acat, anchor_ann_ids=np.arange(len(A)), space=space, curvature=1.0)
+
+
+# -- hand-computed cases --------------------------------------------------------------------------------------
+def test_greedy_labels_hand_computed():
+    D = np.array([[1.0, 2.0], [0.5, 3.0], [4.0, 5.0]])
+    # (c1, g10)=0.5 first; then (c0, g10) is taken -> (c0, g20)=2.0; c2 stays novel
+    assert E.greedy_labels(D, [10, 20]).tolist() == [20, 10, -1]
+    D = np.array([[np.inf, np.inf], [0.2, 0.1]])   # empty cluster 0 never labelled
+    assert E.greedy_labels(D, [1, 2]).tolist() == [-1, 2]
+
+
+def test_cluster_category_distance_is_mean_pairwise():
+    Z = np.array([[0.1, 0.0], [0.2, 0.0], [-0.5, 0.1]])
+    A = np.array([[0.0, 0.3], [0.0, -0.3], [-0.4, 0.0]])
+    D, cats = E.cluster_category_distance(Z, np.array([0, 0, 1]), 3, A, np.array([7, 7, 9]), "poincare")
+    from longtail.discovery.kmeans import poincare_dist
+
+    d = lambda a, b: float(poincare_dist(torch.tensor(a), torch.tensor(b)))
+    want00 = np.mean([d(Z[i], A[j]) for i in (0, 1) for j in (0, 1)])
+    assert cats.tolist() == [7, 9]
+    assert D[0, 0] == pytest.approx(want00, rel=1e-12)
+    assert D[1, 1] == pytest.approx(d(Z[2], A[2]), rel=1e-12)
+    assert np.isinf(D[2]).all()
+    De, _ = E.cluster_category_distance(Z, np.array([0, 0, 1]), 3, A, np.array([7, 7, 9]), "euclidean")
+    assert De[1, 1] == pytest.approx(np.linalg.norm(Z[2] - A[2]))
+
+
+def test_purity_hand_computed():
+    cl = np.array([0, 0, 0, 1, 1, 2, 2])
+    gt = np.array([1, 1, 2, 3, 3, -1, 4])
+    # cluster 0: majority 2 of 3, cluster 1: 2 of 2, cluster 2: 1 of 1 (the -1 item has no GT) -> 5/6
+    assert E.purity(cl, gt)["purity"] == pytest.approx(5 / 6)
+    lab = np.array([1, -1, 4])   # cluster 1 unlabelled -> excluded: (2 + 1) / 4
+    r = E.purity(cl, gt, lab, groups={1: "f", 4: "r"})
+    assert r["purity"] == pytest.approx(3 / 4) and r["clusters"] == 2
+    assert r["purity_f"] == pytest.approx(2 / 3) and r["purity_r"] == pytest.approx(1.0)
+
+
+def test_lvis_gt_as_results_gives_ap_one():
+    gt = json.loads(LVIS.read_text())
+    r = E.lvis_eval(gt, E.lvis_gt_as_results(gt))
+    for k in ("AP", "AP50", "AP75", "APr", "APc", "APf"):
+        assert r[k] == pytest.approx(1.0, abs=1e-6), k
+    # dropping every detection of the frequent categories: APf = 0, APr stays 1
+    freq = {c["id"]: c["frequency"] for c in gt["categories"]}
+    r = E.lvis_eval(gt, [d for d in E.lvis_gt_as_results(gt) if freq[d["category_id"]] != "f"])
+    assert r["APf"] == pytest.approx(0.0) and r["APr"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_coco_eval_hand_computed(tmp_path):
+    gt, _, recs, cats = gt_proposals(tmp_path, n_images=40)
+    novel = [c["id"] for c in gt["categories"] if c["split"] == "novel"]
+    img_ids = sorted({r["image_id"] for r in recs})
+    dets = [{**r, "category_id": int(c)} for r, c in zip(recs, cats)]
+    present = sorted({int(c) for c in cats if c in set(novel)})
+    r = E.coco_eval(gt, dets, novel, img_ids)
+    assert r["AP"] == pytest.approx(1.0) and r["categories_evaluated"] == len(present)
+    # remove every detection of one novel category: mean AP over categories = (n - 1) / n
+    drop = present[0]
+    r = E.coco_eval(gt, [d for d in dets if d["category_id"] != drop], novel, img_ids)
+    assert r["AP"] == pytest.approx((len(present) - 1) / len(present))
+    assert E.coco_eval(gt, [], novel, img_ids)["AP"] == 0.0
+
+
+def test_gt_class_of_proposals(tmp_path):
+    gt, _, recs, cats = gt_proposals(tmp_path, n_images=20)
+    assert np.array_equal(E.gt_class_of_proposals(recs, gt, 0.5), cats)
+
+
+# -- the CLI end to end ---------------------------------------------------------------------------------------
+def run_cli(tmp_path, gt, props, recs, cats, space="poincare", extra=(), Z=None):
+    all_cats = [c["id"] for c in gt["categories"]]
+    Zp, A, Acat = planted_embeddings(cats, all_cats)
+    if Z is not None:
+        Zp = Z
+    if space == "euclidean":
+        Zp = BALL.logmap0(torch.tensor(Zp, dtype=torch.float64)).numpy().astype(np.float32)
+        A = BALL.logmap0(torch.tensor(A, dtype=torch.float64)).numpy().astype(np.float32)
+    emb = tmp_path / "emb" / space / "embeddings.npz"
+    write_npz(emb, Zp, A, Acat, recs, space)
+    out = tmp_path / "disc" / space
+    k = len(set(cats.tolist()))
+    sets = ["--set", f"discovery.k={k}", "--set", "discovery.baseline_seeds=2", *extra]
+    assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(out), *sets]) == 0
+    assert main(["evaluate", "--embeddings", str(emb), "--clusters", str(out / "clusters.npz"),
+                 "--proposals", str(props), "--gt", str(VAL), "--out-dir", str(out), *sets]) == 0
+    return out, json.loads((out / "metrics.json").read_text()), k
+
+
+@pytest.mark.parametrize("space", ["poincare", "euclidean"])
+def test_cli_perfect_embedding_gives_ap_one(tmp_path, space):
+    gt, props, recs, cats = gt_proposals(tmp_path)
+    out, m, k = run_cli(tmp_path, gt, props, recs, cats, space)
+    assert m["space"] == space and m["k"] == k and m["num_proposals"] == len(recs)
+    assert m["clusters_matched"] == k and m["clusters_novel"] == 0
+    assert m["novel"]["AP"] == pytest.approx(1.0) and m["novel"]["AP50"] == pytest.approx(1.0)
+    assert m["purity"]["purity"] == pytest.approx(1.0) and m["purity"]["purity_novel"] == pytest.approx(1.0)
+    # a random embedding of the same proposals, same k, is far less pure
+    assert m["baseline_random"]["purity"] < 0.5 and m["purity_ratio_vs_random"] >= 2
+    cm = json.loads((out / "cluster_metrics.json").read_text())
+    assert cm["k"] == k and cm["explained_variation"] > 0.99
+    el = json.loads((out / "elbow.json").read_text())
+    assert el["k"] == sorted(el["k"]) and len(el["inertia"]) == len(el["k"])
+    with np.load(out / "clusters.npz") as f:
+        assert f["labels"].shape == (len(recs),) and f["centers"].shape == (k, 2)
+        assert f["grid_labels"].shape == (len(el["k"]), len(recs))
+    # purity at every k of the grid: pure clusters at every k <= number of categories; matched <= k
+    byk = {r["k"]: r for r in m["purity_by_k"]}
+    assert sorted(byk) == el["k"]
+    assert all(r["clusters_matched"] <= r["k"] for r in byk.values())
+    assert byk[max(byk)]["purity"] == pytest.approx(1.0)   # k >= #categories: clusters split pure groups
+    dets = json.loads((out / "detections.json").read_text())
+    assert len(dets) == len(recs)
+
+
+def test_cli_swapped_labels_hand_computed(tmp_path):
+    """Embed two novel categories at each other's anchors: both lose their AP -> AP = (n - 2) / n."""
+    gt, props, recs, cats = gt_proposals(tmp_path)
+    novel = {c["id"] for c in gt["categories"] if c["split"] == "novel"}
+    present = sorted({int(c) for c in cats if c in novel})
+    a, b = present[:2]
+    swapped = cats.copy()
+    swapped[cats == a], swapped[cats == b] = b, a
+    Z, _, _ = planted_embeddings(swapped, [c["id"] for c in gt["categories"]])
+    _, m, _ = run_cli(tmp_path, gt, props, recs, cats, Z=Z)
+    assert m["novel"]["AP"] == pytest.approx((len(present) - 2) / len(present))
+    assert m["purity"]["purity"] == pytest.approx(1.0)   # the clusters are still pure
+
+
+def test_cli_lvis_metrics_and_missing_anchor(tmp_path):
+    lvis_ids = {im["id"] for im in json.loads(LVIS.read_text())["images"]}
+    gt, props, recs, cats = gt_proposals(tmp_path, n_images=30,
+                                         extra_ids=[i for i in lvis_ids if i in
+                                                    {im["id"] for im in json.loads(VAL.read_text())["images"]}])
+    _, m, _ = run_cli(tmp_path, gt, props, recs, cats, extra=["--set", f"discovery.lvis_json={LVIS}"])
+    assert m["lvis"]["images"] >= 1
+    for key in ("AP", "APr", "APc", "APf"):
+        assert m["lvis"][key] is None or 0.0 <= m["lvis"][key] <= 1.0
+    assert {"purity_r", "purity_c", "purity_f"} & set(m["purity"])
+
+
+def test_bad_inputs(tmp_path):
+    gt, props, recs, cats = gt_proposals(tmp_path, n_images=10)
+    Z, A, Acat = planted_embeddings(cats, [c["id"] for c in gt["categories"]])
+    emb = tmp_path / "e.npz"
+    write_npz(emb, Z, A, Acat, recs)
+    # k larger than the number of points
+    assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(tmp_path / "o"),
+                 "--set", f"discovery.k={len(Z) + 1}"]) == 2
+    # NaN features
+    Zn = Z.copy()
+    Zn[0, 1] = np.nan
+    write_npz(emb, Zn, A, Acat, recs)
+    assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(tmp_path / "o")]) == 2
+    # a category with GT but no anchor: fail when asked to
+    keep = Acat != int(cats[0])
+    write_npz(emb, Z, A[keep], Acat[keep], recs)
+    k = str(len(set(cats.tolist())))
+    assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(tmp_path / "o"),
+                 "--set", f"discovery.k={k}"]) == 0
+    ev = ["evaluate", "--embeddings", str(emb), "--clusters", str(tmp_path / "o" / "clusters.npz"),
+          "--proposals", str(props), "--gt", str(VAL), "--out-dir", str(tmp_path / "o"),
+          "--set", "discovery.baseline_seeds=0", "--set", "discovery.eval_categories=all"]
+    assert main(ev + ["--set", "discovery.on_missing_anchor=fail"]) == 2
+    assert main(ev) == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["categories_without_anchor"] == [int(cats[0])]
+    # missing keys in the npz
+    np.savez(emb, proposal_embeddings=Z)
+    with pytest.raises(LongtailError, match="missing keys"):
+        from longtail.discovery.cli import load_embeddings
+
+        load_embeddings(emb)
+
+
+@pytest.mark.slow
+def test_numbers_go_to_mlflow(tmp_path, monkeypatch):
+    """With tracking on, the cluster/evaluate runs hold the metrics of their metrics files."""
+    import mlflow
+
+    monkeypatch.setenv("LONGTAIL_MLFLOW", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("LONGTAIL_PARENT_RUN_ID", raising=False)
+    gt, props, recs, cats = gt_proposals(tmp_path, n_images=15)
+    _out, m, k = run_cli(tmp_path, gt, props, recs, cats)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    ev = runs[runs["tags.longtail.stage"] == "evaluate"].iloc[0]
+    assert ev["metrics.novel.AP"] == pytest.approx(m["novel"]["AP"])
+    assert ev["metrics.purity.purity"] == pytest.approx(m["purity"]["purity"])
+    assert ev["metrics.baseline_random.purity"] == pytest.approx(m["baseline_random"]["purity"])
+    cl = runs[runs["tags.longtail.stage"] == "cluster"].iloc[0]
+    assert cl["metrics.k"] == k and cl["params.k"] == str(k)
