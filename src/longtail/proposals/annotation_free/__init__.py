@@ -1,1 +1,163 @@
-"""Annotation-free mask proposals: UCM regions, Free Mask, multi-k spectral masks, FreeSOLO."""
+"""Annotation-free mask proposals: UCM regions, Free Mask, multi-k spectral masks, FreeSOLO.
+
+``propose_dataset(method, dataset, params, run, args)`` is called by ``longtail propose --method
+ucm|freemask|spectral|solov2-free`` (longtail.proposals.cli), which then applies top-K mask NMS and writes the
+shared proposal format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from longtail import REPO_ROOT
+from longtail.common.errors import LongtailError
+from longtail.common.params import section
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ucm", "freemask", "spectral", "solov2-free")
+
+
+def image_path(file_name: str) -> Path:
+    """Dataset file_name (relative to the repo root, or absolute) -> existing path if possible."""
+    p = Path(file_name)
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO_ROOT / p
+
+
+def _check_dataset(dataset: dict) -> list[dict]:
+    images = dataset.get("images") if isinstance(dataset, dict) else None
+    if not images:
+        raise LongtailError("propose: the dataset has no images; check the --dataset JSON (COCO format, "
+                            "from `longtail prepare`).")
+    for im in images:
+        for key in ("id", "file_name", "height", "width"):
+            if key not in im:
+                raise LongtailError(f"propose: dataset image {im.get('id', '?')} has no '{key}'; the dataset must be "
+                                    f"COCO format as written by `longtail prepare`.")
+    return images
+
+
+def feature_masks(method: str, image: np.ndarray, backbone, cfg: dict, seed: int, name: str = "image"):
+    """Run Free Mask or spectral masks on one RGB image; masks at the image's own size.
+
+    Returns (masks (n, H, W) bool, scores (n,), extra dict).
+    """
+    from longtail.proposals.annotation_free.backbone import downsample_features, resize_short_side
+
+    icfg = cfg["image"]
+    small = resize_short_side(image, icfg["short_side"], icfg["max_side"])
+    feat = backbone.features(small)
+    out_hw = image.shape[:2]
+    if method == "freemask":
+        from longtail.proposals.annotation_free.freemask import free_mask
+
+        fc = cfg["freemask"]
+        feat = downsample_features(feat, fc["feature_pool"])
+        r = free_mask(feat, out_hw, scales=fc["scales"], tau=fc["tau"], maskness_thr=fc["maskness_thr"],
+                      nms_pre=fc["nms_pre"], nms_kernel=fc["nms_kernel"], nms_sigma=fc["nms_sigma"],
+                      max_masks=fc["max_masks"], min_area=int(fc["min_area_frac"] * out_hw[0] * out_hw[1]),
+                      image_name=name)
+        return r.masks, r.scores, {"queries": r.queries, "num_queries": r.num_queries}
+    if method == "spectral":
+        from longtail.proposals.annotation_free.spectral import spectral_masks
+
+        sc = cfg["spectral"]
+        feat = downsample_features(feat, sc["feature_pool"])
+        r = spectral_masks(feat, out_hw, ks=sc["ks"], saliency_thr=sc["saliency_thr"], nms_iou=sc["nms_iou"],
+                           min_area=int(sc["min_area_frac"] * out_hw[0] * out_hw[1]), split=sc["split_components"],
+                           seed=seed)
+        return r.masks, r.scores, {"saliency": r.saliency, "ks": r.ks}
+    raise LongtailError(f"unknown feature method {method!r}")
+
+
+def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> list[dict]:
+    """Proposal records (``longtail.proposals.format.make_record``) for every image of ``dataset``."""
+    from tqdm import tqdm
+
+    from longtail.proposals.annotation_free.backbone import build_backbone, load_image
+    from longtail.proposals.format import make_record
+
+    cfg = section(params, "annotation_free")
+    images = _check_dataset(dataset)
+    seed = int(params.get("seed", 0))
+    if method == "solov2-free":
+        from longtail.proposals.annotation_free.freesolo import predict_dataset
+
+        model_dir = getattr(args, "model_dir", None) or cfg["freesolo"]["work_dir"]
+        records = predict_dataset(model_dir, dataset, cfg["freesolo"], device=getattr(args, "device", "cpu"))
+        _log_counts(run, method, records, len(images), None)
+        if not records:
+            raise LongtailError(f"propose --method solov2-free: the model in {model_dir} predicts no mask with score >= "
+                                f"annotation_free.freesolo.score_thr on any of the {len(images)} images; train longer "
+                                f"(annotation_free.freesolo.train.max_iters) or lower the threshold.")
+        return records
+    if method not in METHODS:
+        raise LongtailError(f"annotation-free method {method!r} unknown; use one of {', '.join(METHODS)}")
+
+    if method == "ucm":
+        from longtail.proposals.annotation_free.ucm import load_tree, ucm_proposals
+
+        uc = cfg["ucm"]
+        # <tree_dir>/<split>/ (split = the propose output folder's name) or <tree_dir>/ itself
+        split = Path(getattr(args, "out_dir", "") or "").name
+        tree_dirs = [Path(uc["tree_dir"]) / split, Path(uc["tree_dir"])] if split else [Path(uc["tree_dir"])]
+    else:
+        import torch
+
+        torch.set_num_threads(max(1, int(cfg.get("threads", 2))))
+        backbone = build_backbone(cfg["backbone"], seed)
+    records: list[dict] = []
+    missing: list[str] = []
+    t0 = time.perf_counter()
+    for im in tqdm(images, desc=f"propose {method}", unit="img"):
+        if method == "ucm":
+            try:
+                tree = load_tree(tree_dirs, im)
+            except LongtailError:
+                if uc["missing_tree"] == "error":
+                    raise
+                missing.append(im["file_name"])
+                continue
+            masks, scores = ucm_proposals(*tree, (int(im["height"]), int(im["width"])), **_ucm_kwargs(uc))
+        else:
+            img = load_image(image_path(im["file_name"]))
+            if img.shape[:2] != (int(im["height"]), int(im["width"])):
+                raise LongtailError(f"{im['file_name']}: image is {img.shape[1]}x{img.shape[0]} but the dataset says "
+                                    f"{im['width']}x{im['height']}; fix the dataset JSON.")
+            masks, scores, _ = feature_masks(method, img, backbone, cfg, seed, name=im["file_name"])
+        records += [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
+    _log_counts(run, method, records, len(images), (time.perf_counter() - t0) / len(images))
+    if missing:
+        log.warning("ucm: %d of %d images have no region tree in %s (no proposals for them), e.g. %s",
+                    len(missing), len(images), " or ".join(map(str, tree_dirs)), missing[0])
+        if run is not None:
+            run.log_metrics({"annotation_free.ucm.images_without_tree": len(missing)})
+        if len(missing) == len(images):
+            raise LongtailError(f"propose --method ucm: none of the {len(images)} images has a region tree in "
+                                f"{' or '.join(map(str, tree_dirs))}; run `longtail ucm` on this image set first.")
+    if not records:
+        raise LongtailError(f"propose --method {method}: no proposal on any of the {len(images)} images; check "
+                            f"annotation_free.{method.replace('-', '_')} thresholds and the backbone/UCM inputs.")
+    return records
+
+
+def _ucm_kwargs(uc: dict) -> dict:
+    return {k: uc[k] for k in ("num_regions", "min_area_frac", "max_area_frac", "pairs", "max_masks")}
+
+
+def _log_counts(run, method: str, records: list[dict], n_images: int, sec_per_image: float | None) -> None:
+    m = {f"annotation_free.{method}.masks_per_image": len(records) / max(n_images, 1)}
+    if sec_per_image is not None:
+        m[f"annotation_free.{method}.seconds_per_image"] = sec_per_image
+    log.info("%s: %s", method, m)
+    if run is not None:
+        run.log_metrics(m)
+
+
+__all__ = ["METHODS", "feature_masks", "propose_dataset"]
