@@ -1,1 +1,160 @@
-# proposals rules (added by the proposals stage)
+# proposals: class-agnostic proposal networks (Mask R-CNN, SOLOv2; Weng et al. 3.1) trained on base categories,
+# the oracle `gt` proposal set, class-agnostic evaluation, segmentation error analysis and the DCL ablation
+# (Chen et al. 2022). Outputs: results/proposals/<method>/<split>/ (shared format), metrics_<split>.json.
+PROP = config["proposals"]["out_dir"]
+PROP_NETWORKS = list(config["proposals"]["models"])
+PROP_SPLITS = ["train", "val"]
+
+
+wildcard_constraints:
+    split="train|val",
+
+
+rule propose_gt:
+    input:
+        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+    output:
+        directory(f"{PROP}/gt/{{split}}"),
+    params:
+        section=config["proposals"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/propose_gt_{split}.log",
+    shell:
+        "longtail propose --method gt --dataset {input.dataset} --out-dir {output} 2> {log}"
+
+
+rule train_proposals:
+    input:
+        train=f"{config['data']['out_dir']}/train_base.json",
+        val=f"{config['data']['out_dir']}/val.json",
+    output:
+        model=f"{PROP}/models/{{model}}/model.pth",
+        config=f"{PROP}/models/{{model}}/config.py",
+        metrics=f"{PROP}/models/{{model}}/metrics.json",
+    wildcard_constraints:
+        model="|".join(PROP_NETWORKS),
+    params:
+        section=config["proposals"],
+    threads: 2
+    resources:
+        mem_mb=12000,
+        runtime=120,
+        gpu=config["proposals"]["gpu"],
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/train_proposals_{model}.log",
+    shell:
+        "longtail train-proposals --model {wildcards.model} --train-json {input.train} --val-json {input.val} "
+        "--work-dir " + PROP + "/models/{wildcards.model} 2> {log}"
+
+
+rule propose:
+    input:
+        model=f"{PROP}/models/{{method}}/model.pth",
+        config=f"{PROP}/models/{{method}}/config.py",
+        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+    output:
+        directory(f"{PROP}/{{method}}/{{split}}"),
+    wildcard_constraints:
+        method="|".join(PROP_NETWORKS),
+    params:
+        section=config["proposals"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=config["proposals"]["gpu"],
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/propose_{method}_{split}.log",
+    shell:
+        "longtail propose --method {wildcards.method} --dataset {input.dataset} --out-dir {output} "
+        "--model-dir " + PROP + "/models/{wildcards.method} 2> {log}"
+
+
+# any proposal set (networks, gt, annotation-free methods): class-agnostic AP/AR on base, novel and all
+rule eval_proposals:
+    input:
+        proposals=f"{PROP}/{{method}}/{{split}}",
+        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+    output:
+        metrics=f"{PROP}/{{method}}/metrics_{{split}}.json",
+        figure=f"{PROP}/{{method}}/overlay_{{split}}.png",
+    wildcard_constraints:
+        method="[A-Za-z0-9_-]+",
+    params:
+        section=config["proposals"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/eval_proposals_{method}_{split}.log",
+    shell:
+        "longtail eval-proposals --proposals {input.proposals} --dataset {input.dataset} --out {output.metrics} "
+        "--figure {output.figure} 2> {log}"
+
+
+rule error_analysis:
+    input:
+        proposals=f"{PROP}/{{method}}/{{split}}",
+        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+    output:
+        f"{PROP}/{{method}}/errors_{{split}}.json",
+    wildcard_constraints:
+        method="[A-Za-z0-9_-]+",
+    params:
+        section=config["proposals"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/error_analysis_{method}_{split}.log",
+    shell:
+        "longtail error-analysis --proposals {input.proposals} --dataset {input.dataset} --out {output} 2> {log}"
+
+
+# DCL ablation (Chen et al. 2022): the same data and schedule with and without the dense contrastive loss
+rule dcl_ablation:
+    input:
+        base_metrics=f"{PROP}/maskrcnn/metrics_val.json",
+        dcl_metrics=f"{PROP}/maskrcnn_dcl/metrics_val.json",
+        base_errors=f"{PROP}/maskrcnn/errors_val.json",
+        dcl_errors=f"{PROP}/maskrcnn_dcl/errors_val.json",
+        base_train=f"{PROP}/models/maskrcnn/metrics.json",
+        dcl_train=f"{PROP}/models/maskrcnn_dcl/metrics.json",
+    output:
+        f"{PROP}/dcl_ablation.json",
+    params:
+        section=config["proposals"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/dcl_ablation.log",
+    shell:
+        "longtail compare-proposals --baseline " + PROP + "/maskrcnn --variant " + PROP + "/maskrcnn_dcl "
+        "--split val --out {output} 2> {log}"
+
+
+EXTRA_TARGETS += expand(f"{PROP}/gt/{{split}}", split=PROP_SPLITS)
+EXTRA_TARGETS += expand(f"{PROP}/{{method}}/{{split}}", method=PROP_NETWORKS, split=PROP_SPLITS)
+EXTRA_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=["gt", *PROP_NETWORKS])
+EXTRA_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PROP_NETWORKS)
+EXTRA_TARGETS += [f"{PROP}/dcl_ablation.json"]

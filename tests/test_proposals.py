@@ -1,0 +1,203 @@
+"""Proposal stage without networks: oracle (gt) proposals, top-K mask NMS, class-agnostic evaluation, error
+analysis on constructed cases with known answers, bad input. Real sample data: data/coco-mini val."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from longtail import REPO_ROOT
+from longtail.cli import main
+from longtail.proposals.datasets import ann_to_rle, rle_to_json
+from longtail.proposals.error_analysis import error_analysis
+from longtail.proposals.evaluation import coco_eval, evaluate_proposals
+from longtail.proposals.format import encode_mask, make_record, read_proposals
+from longtail.proposals.postprocess import gt_records, topk_mask_nms
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow(monkeypatch):
+    monkeypatch.setenv("LONGTAIL_MLFLOW", "0")
+
+
+def coco_mini_val(n_images: int = 25) -> dict:
+    """First ``n_images`` annotated coco-mini val images, file_name relative to the repo, base/novel split from
+    params.yaml (data.base_categories)."""
+    d = json.loads((REPO_ROOT / "data/coco-mini/annotations/instances_val2017.json").read_text())
+    base = set(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["data"]["base_categories"])
+    with_anns = sorted({a["image_id"] for a in d["annotations"]})[:n_images]
+    keep = set(with_anns)
+    images = [dict(im, file_name=f"data/coco-mini/val2017/{im['file_name']}") for im in d["images"]
+              if im["id"] in keep]
+    cats = [dict(c, split="base" if c["name"] in base else "novel") for c in d["categories"]]
+    anns = [a for a in d["annotations"] if a["image_id"] in keep]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory) -> tuple[dict, Path]:
+    d = coco_mini_val()
+    p = tmp_path_factory.mktemp("data") / "val.json"
+    p.write_text(json.dumps(d))
+    return d, p
+
+
+def test_gt_proposals_cli_and_eval(val_set, tmp_path):
+    d, path = val_set
+    out = tmp_path / "gt" / "val"
+    assert main(["propose", "--method", "gt", "--dataset", str(path), "--out-dir", str(out)]) == 0
+    index, recs = read_proposals(out)
+    n_gt = sum(1 for a in d["annotations"] if not a.get("iscrowd", 0))
+    per_image = {}
+    for a in d["annotations"]:
+        if not a.get("iscrowd", 0):
+            per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+    expected = sum(min(v, 50) for v in per_image.values())
+    assert index["method"] == "gt" and index["topk"] == 50 and index["nms_iou"] == 0.75
+    assert len(index["images"]) == len(d["images"])
+    # every GT mask is a proposal unless capped at K=50 or suppressed as a near-duplicate (IoU > 0.75)
+    assert expected - 3 <= len(recs) <= expected <= n_gt
+    assert all(r["score"] == 1.0 and r["category_id"] == 1 for r in recs)
+
+    metrics_file = tmp_path / "metrics.json"
+    fig = tmp_path / "overlay.png"
+    assert main(["eval-proposals", "--proposals", str(out), "--dataset", str(path), "--out", str(metrics_file),
+                 "--figure", str(fig)]) == 0
+    m = json.loads(metrics_file.read_text())
+    assert fig.stat().st_size > 1000
+    for sub in ("base", "novel", "all"):
+        assert m["segm"][sub]["AR100"] > 0.97, sub
+    assert m["segm"]["all"]["AP"] > 0.95
+    # AP on one subset counts the other subset's masks as false positives
+    assert m["segm"]["base"]["AP"] < m["segm"]["all"]["AP"]
+    assert m["segm"]["num_gt"]["all"] == m["segm"]["num_gt"]["base"] + m["segm"]["num_gt"]["novel"]
+    # with one proposal per image, recall cannot exceed images / instances
+    assert m["segm"]["all"]["AR1"] <= len(d["images"]) / n_gt + 1e-6
+
+
+def test_eval_base_only_oracle_has_zero_novel_recall(val_set):
+    d, _ = val_set
+    base = {c["id"] for c in d["categories"] if c["split"] == "base"}
+    recs = gt_records({**d, "annotations": [a for a in d["annotations"] if a["category_id"] in base]})
+    m = evaluate_proposals(d, recs)
+    assert m["base"]["AR100"] > 0.97
+    # novel objects are found only where a base mask happens to overlap one (IoU >= 0.5): rare
+    assert m["novel"]["AR100"] < 0.02
+    assert 0.0 < m["all"]["AR100"] < 0.9
+    assert coco_eval(d, []) == {k: 0.0 for k in m["all"]}
+
+
+def test_topk_mask_nms_known_case():
+    h = w = 40
+    a = np.zeros((h, w), bool); a[0:20, 0:20] = True
+    b = np.zeros((h, w), bool); b[0:20, 0:18] = True      # IoU(a, b) = 0.9
+    c = np.zeros((h, w), bool); c[20:40, 20:40] = True    # disjoint
+    e = np.zeros((h, w), bool); e[0:20, 0:12] = True      # IoU(b, e) = 0.67 < 0.75
+    recs = [make_record(1, a, 0.5), make_record(1, b, 0.9), make_record(1, c, 0.1), make_record(1, e, 0.3),
+            make_record(2, c, 0.2)]
+    kept = topk_mask_nms(recs, topk=50, nms_iou=0.75, progress=False)
+    assert [(r["image_id"], r["score"]) for r in kept] == [(1, 0.9), (1, 0.3), (1, 0.1), (2, 0.2)]
+    kept = topk_mask_nms(recs, topk=2, nms_iou=0.75, progress=False)
+    assert [(r["image_id"], r["score"]) for r in kept] == [(1, 0.9), (1, 0.3), (2, 0.2)]
+
+
+def _square_dataset(boxes: list[tuple[int, int, int, int]], h: int = 64, w: int = 64) -> tuple[dict, list]:
+    masks = []
+    anns = []
+    for i, (y0, y1, x0, x1) in enumerate(boxes):
+        m = np.zeros((h, w), bool)
+        m[y0:y1, x0:x1] = True
+        masks.append(m)
+        anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                     "segmentation": encode_mask(m), "area": float(m.sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    d = {"images": [{"id": 1, "file_name": "none.jpg", "height": h, "width": w}], "annotations": anns,
+         "categories": [{"id": 1, "name": "thing", "split": "base"}]}
+    return d, masks
+
+
+def test_error_analysis_only_false_negatives():
+    d, masks = _square_dataset([(5, 25, 5, 25), (35, 60, 35, 60)])
+    preds = []
+    for m, s in zip(masks, (0.9, 0.8)):
+        p = m.copy()
+        ys = np.nonzero(m.any(1))[0]
+        p[ys.min():ys.min() + 8, :] = False   # remove the top 8 rows of each object
+        preds.append(make_record(1, p, s))
+    r = error_analysis(d, preds, 0.1, progress=False)
+    assert r["pixels"]["fFP"] == 0 and r["pixels"]["bFP"] == 0
+    assert r["pixels"]["FN"] == 8 * 20 + 8 * 25
+    assert r["dAP_fFP"] == pytest.approx(0.0) and r["dAP_bFP"] == pytest.approx(0.0)
+    assert r["AP_FN"] == pytest.approx(1.0) and r["dAP_FN"] > 0.3
+    assert r["matched"] == 2 and r["unmatched"] == 0
+
+
+def test_error_analysis_background_and_foreground_false_positives():
+    # bFP: prediction = object grown by 3 px into the background
+    d, masks = _square_dataset([(10, 30, 10, 30)])
+    p = np.zeros_like(masks[0]); p[7:33, 7:33] = True
+    r = error_analysis(d, [make_record(1, p, 0.9)], 0.1, progress=False)
+    assert r["pixels"] == {"fFP": 0, "bFP": 26 * 26 - 400, "FN": 0}
+    assert r["dAP_bFP"] > 0.3 and r["dAP_fFP"] == 0 and r["dAP_FN"] == 0 and r["AP_bFP"] == pytest.approx(1.0)
+    # fFP: two touching objects, one prediction covering both (matched to the larger one)
+    d, masks = _square_dataset([(10, 30, 10, 40), (30, 40, 10, 40)])
+    p = masks[0] | masks[1]
+    r = error_analysis(d, [make_record(1, p, 0.9), make_record(1, masks[1], 0.8)], 0.1, progress=False)
+    assert r["pixels"] == {"fFP": 300, "bFP": 0, "FN": 0}
+    assert r["dAP_fFP"] > 0.3 and r["dAP_bFP"] == 0 and r["dAP_FN"] == 0
+    # an unmatched prediction (IoU < 0.1 with every GT) is left out
+    far = np.zeros_like(p); far[50:60, 50:60] = True
+    r = error_analysis(d, [make_record(1, far, 0.5)], 0.1, progress=False)
+    assert r["matched"] == 0 and r["unmatched"] == 1 and sum(r["pixels"].values()) == 0
+
+
+def test_error_analysis_cli(val_set, tmp_path):
+    d, path = val_set
+    # proposals = GT masks with their last row of pixels (bottom of the bbox) removed -> FN errors only
+    recs = []
+    ims = {im["id"]: im for im in d["images"]}
+    for a in d["annotations"]:
+        if a.get("iscrowd", 0):
+            continue
+        im = ims[a["image_id"]]
+        from longtail.proposals.format import decode_mask
+        m = decode_mask(rle_to_json(ann_to_rle(a, im["height"], im["width"])))
+        ys = np.nonzero(m.any(1))[0]
+        m[ys.max() - 1:] = False
+        if m.any():
+            recs.append(make_record(a["image_id"], m, 1.0))
+    from longtail.proposals.format import write_proposals
+    write_proposals(tmp_path / "p", recs, d["images"], method="eroded", dataset=str(path), topk=50, nms_iou=0.75)
+    out = tmp_path / "errors.json"
+    assert main(["error-analysis", "--proposals", str(tmp_path / "p"), "--dataset", str(path), "--out",
+                 str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["pixels"]["FN"] > 0
+    assert r["pixel_fraction"]["FN"] > 0.9
+    assert r["dAP_FN"] > 0.0
+
+
+def test_bad_input(tmp_path, capsys, val_set):
+    _, path = val_set
+    assert main(["propose", "--method", "gt", "--dataset", str(tmp_path / "missing.json"),
+                 "--out-dir", str(tmp_path / "o")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    assert main(["propose", "--method", "nosuch", "--dataset", str(path), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["propose", "--method", "maskrcnn", "--dataset", str(path), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "--model-dir" in capsys.readouterr().err
+    assert main(["propose", "--method", "maskrcnn", "--model-dir", str(tmp_path / "nomodel"), "--dataset", str(path),
+                 "--out-dir", str(tmp_path / "o")]) in (2,)
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["propose", "--method", "gt", "--set", "proposals.topk=many", "--dataset", str(path),
+                 "--out-dir", str(tmp_path / "o")]) == 2
+    assert "proposals.topk" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [], "annotations": {}}))
+    assert main(["eval-proposals", "--proposals", str(tmp_path / "o"), "--dataset", str(bad), "--out",
+                 str(tmp_path / "m.json")]) == 2
+    assert "annotations" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,187 @@
+"""Real (few-iteration) trainings of the proposal networks with mmengine's Runner on the sample data: Mask R-CNN
+(+ resume, propose, eval), Mask R-CNN with the dense contrastive loss, SOLOv2; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from longtail import REPO_ROOT
+from longtail.cli import main
+from longtail.proposals.format import read_proposals
+
+pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is required for mmdet models")
+
+TINY = ["--set", "proposals.train.batch_size=1", "--set", "proposals.train.scale=[160,160]",
+        "--set", "proposals.train.checkpoint_interval=1", "--set", "proposals.train.log_interval=1",
+        "--set", "proposals.train.warmup_iters=1", "--set", "proposals.train.init=random"]
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow(monkeypatch):
+    monkeypatch.setenv("LONGTAIL_MLFLOW", "0")
+
+
+def _coco_mini(split: str, n_images: int) -> dict:
+    d = json.loads((REPO_ROOT / f"data/coco-mini/annotations/instances_{split}2017.json").read_text())
+    base = set(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["data"]["base_categories"])
+    keep = set(sorted({a["image_id"] for a in d["annotations"]})[:n_images])
+    return {"images": [dict(im, file_name=f"data/coco-mini/{split}2017/{im['file_name']}") for im in d["images"]
+                       if im["id"] in keep],
+            "annotations": [a for a in d["annotations"] if a["image_id"] in keep],
+            "categories": [dict(c, split="base" if c["name"] in base else "novel") for c in d["categories"]]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    train, val = _coco_mini("train", 6), _coco_mini("val", 4)
+    (root / "train.json").write_text(json.dumps(train))   # novel annotations included: training must drop them
+    (root / "val.json").write_text(json.dumps(val))
+    return root, train, val
+
+
+@pytest.fixture(scope="module")
+def maskrcnn(data, tmp_path_factory):
+    root, _, _ = data
+    work = tmp_path_factory.mktemp("maskrcnn")
+    rc = main(["train-proposals", "--model", "maskrcnn", "--train-json", str(root / "train.json"),
+               "--val-json", str(root / "val.json"), "--work-dir", str(work), *TINY,
+               "--set", "proposals.train.max_iters=2"])
+    assert rc == 0
+    return work
+
+
+@pytest.mark.slow
+def test_maskrcnn_trains_on_base_only_and_logs(maskrcnn, data):
+    _, train, _ = data
+    m = json.loads((maskrcnn / "metrics.json").read_text())
+    assert m["iterations"] == 2 and m["start_iter"] == 0
+    assert m["train/loss"] > 0 and m["train/loss_mask"] > 0 and m["train/loss_rpn_cls"] > 0
+    assert 0.0 <= m["val/coco_segm_mAP"] <= 1.0 and 0.0 <= m["val/coco_bbox_mAP"] <= 1.0
+    agn = json.loads((maskrcnn / "data/train_agnostic.json").read_text())
+    base = {c["id"] for c in train["categories"] if c["split"] == "base"}
+    n_base = sum(1 for a in train["annotations"] if a["category_id"] in base)
+    assert len(agn["annotations"]) == n_base < len(train["annotations"])
+    assert agn["categories"] == [{"id": 1, "name": "object", "supercategory": "object"}]
+    assert m["train_annotations"] == sum(1 for a in agn["annotations"] if not a.get("iscrowd", 0))
+    assert (maskrcnn / "model.pth").stat().st_size > 1e6 and (maskrcnn / "config.py").exists()
+
+
+@pytest.mark.slow
+def test_maskrcnn_resumes_from_last_checkpoint(maskrcnn, data, tmp_path):
+    root, _, _ = data
+    import shutil
+
+    work = tmp_path / "resume"
+    shutil.copytree(maskrcnn, work)
+    (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
+    rc = main(["train-proposals", "--model", "maskrcnn", "--train-json", str(root / "train.json"),
+               "--work-dir", str(work), *TINY, "--set", "proposals.train.max_iters=3"])
+    assert rc == 0
+    m = json.loads((work / "metrics.json").read_text())
+    assert m["start_iter"] == 2 and m["iterations"] == 3
+    assert (work / "iter_3.pth").exists()
+
+
+@pytest.mark.slow
+def test_maskrcnn_propose_and_eval(maskrcnn, data, tmp_path):
+    root, _, val = data
+    out = tmp_path / "maskrcnn" / "val"
+    assert main(["propose", "--method", "maskrcnn", "--model-dir", str(maskrcnn), "--dataset",
+                 str(root / "val.json"), "--out-dir", str(out), "--device", "cpu"]) == 0
+    index, recs = read_proposals(out)
+    assert index["model_dir"] == str(maskrcnn)
+    assert len(index["images"]) == len(val["images"])
+    assert all(im["num_proposals"] <= 50 for im in index["images"])
+    assert all(r["category_id"] == 1 and 0.0 <= r["score"] <= 1.0 for r in recs)
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval-proposals", "--proposals", str(out), "--dataset", str(root / "val.json"),
+                 "--out", str(metrics)]) == 0
+    m = json.loads(metrics.read_text())
+    for sub in ("base", "novel", "all"):
+        assert 0.0 <= m["segm"][sub]["AR100"] <= 1.0
+
+
+@pytest.mark.slow
+def test_dcl_maskrcnn_trains_with_contrastive_loss(data, tmp_path):
+    root, _, _ = data
+    rc = main(["train-proposals", "--model", "maskrcnn_dcl", "--train-json", str(root / "train.json"),
+               "--work-dir", str(tmp_path), *TINY, "--set", "proposals.train.max_iters=2",
+               "--set", "proposals.dcl.num_samples=8"])
+    assert rc == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert "train/loss_dcl" in m and m["train/loss_dcl"] > 0
+    cfg = (tmp_path / "config.py").read_text()
+    assert "DCLFCNMaskHead" in cfg and "num_samples=8" in cfg
+
+
+@pytest.mark.slow
+def test_solov2_trains_and_proposes(data, tmp_path):
+    root, _, _ = data
+    work = tmp_path / "solov2"
+    rc = main(["train-proposals", "--model", "solov2", "--train-json", str(root / "train.json"),
+               "--work-dir", str(work), *TINY, "--set", "proposals.train.max_iters=2"])
+    assert rc == 0
+    m = json.loads((work / "metrics.json").read_text())
+    assert m["iterations"] == 2 and m["train/loss_mask"] > 0 and m["train/loss_cls"] > 0
+    out = tmp_path / "solov2_val"
+    assert main(["propose", "--method", "solov2", "--model-dir", str(work), "--dataset", str(root / "val.json"),
+                 "--out-dir", str(out), "--device", "cpu"]) == 0
+    index, _ = read_proposals(out)
+    assert all(im["num_proposals"] <= 50 for im in index["images"])
+
+
+def test_bad_training_input(data, tmp_path, capsys):
+    root, train, _ = data
+    novel_only = dict(train, annotations=[a for a in train["annotations"]
+                                          if a["category_id"] not in {c["id"] for c in train["categories"]
+                                                                      if c["split"] == "base"}])
+    p = tmp_path / "novel_only.json"
+    p.write_text(json.dumps(novel_only))
+    assert main(["train-proposals", "--model", "maskrcnn", "--train-json", str(p), "--work-dir",
+                 str(tmp_path / "w"), *TINY]) == 2
+    assert "training set is empty" in capsys.readouterr().err
+    assert main(["train-proposals", "--model", "maskrcnn", "--train-json", str(root / "train.json"),
+                 "--work-dir", str(tmp_path / "w"), "--set", "proposals.models.maskrcnn=workflow/mmdet/nope.py"]) == 2
+    assert "nope.py" in capsys.readouterr().err
+    bad = tmp_path / "bad_cfg.py"
+    bad.write_text(f"_base_ = '{REPO_ROOT}/workflow/mmdet/maskrcnn_r50_fpn_cpu.py'\n"
+                   "optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer='SGD')\n")
+    assert main(["train-proposals", "--model", "maskrcnn", "--train-json", str(root / "train.json"),
+                 "--work-dir", str(tmp_path / "w"), "--set", f"proposals.models.maskrcnn={bad}"]) == 2
+    assert "optim_wrapper.optimizer" in capsys.readouterr().err
+    assert main(["train-proposals", "--model", "nosuch", "--train-json", str(root / "train.json"),
+                 "--work-dir", str(tmp_path / "w")]) == 2
+    assert "proposals.models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,head", [("maskrcnn_r50_fpn_agnostic_1x_coco", "FCNMaskHead"),
+                                       ("maskrcnn_dcl_r50_fpn_agnostic_1x_coco", "DCLFCNMaskHead"),
+                                       ("solov2_r50_fpn_agnostic_1x_coco", "SOLOV2Head")])
+def test_hpc_configs_keep_their_schedule_and_build(name, head):
+    """HPC profile: params with nulls keep mmdet's 1x epoch schedule, ImageNet init; the model builds, 1 class."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from longtail.common.params import load_params
+    from longtail.proposals.training import apply_params, load_config
+
+    params = load_params(overrides=["proposals.train.max_iters=null", "proposals.train.batch_size=null",
+                                    "proposals.train.lr=null", "proposals.train.scale=null"])
+    cfg = load_config(f"workflow/mmdet/{name}.py")
+    apply_params(cfg, params["proposals"], 0, name)
+    assert cfg.train_cfg.type == "EpochBasedTrainLoop" and cfg.train_cfg.max_epochs == 12
+    assert cfg.train_dataloader.batch_size == 2 and cfg.optim_wrapper.optimizer.lr in (0.02, 0.01)
+    assert cfg.model.backbone.init_cfg.checkpoint == "torchvision://resnet50"
+    assert ("scale", (1333, 800)) in cfg.train_dataloader.dataset.pipeline[2].items()
+    register_all_modules()
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    if name.startswith("maskrcnn"):
+        assert type(model.roi_head.mask_head).__name__ == head
+        assert model.roi_head.bbox_head.num_classes == 1 and model.roi_head.mask_head.num_classes == 1
+    else:
+        assert type(model.mask_head).__name__ == head and model.mask_head.num_classes == 1

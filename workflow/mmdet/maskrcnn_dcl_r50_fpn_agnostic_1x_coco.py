@@ -1,0 +1,10 @@
+# HPC profile with the dense contrastive loss (Chen et al. 2022) switched on in the mask head.
+_base_ = './maskrcnn_r50_fpn_agnostic_1x_coco.py'
+custom_imports = dict(imports=['longtail.proposals.dcl'], allow_failed_imports=False)
+
+model = dict(
+    roi_head=dict(
+        mask_head=dict(
+            type='DCLFCNMaskHead',
+            # lambda, tau, K, projection size (paper defaults); train-proposals sets them from params.yaml
+            loss_dcl=dict(loss_weight=1.2, temperature=0.07, num_samples=32, proj_dim=128))))
