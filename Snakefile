@@ -18,3 +18,10 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+rule ablations:
+    # the full grid: every proposal network (+ DCL ablation), every annotation-free method, Table 2 variants
+    input:
+        final_targets(),
+        ABLATION_TARGETS,

@@ -119,5 +119,8 @@ rule propose_solov2_free:
         + AF_FREESOLO + " --set proposals.topk=100 2> {log}"
 
 
-EXTRA_TARGETS += expand(f"{AF_PROP}/{{method}}/metrics_val.json", method=["ucm", "freemask", "spectral", "solov2-free"])
-EXTRA_TARGETS += [f"{AF_FREESOLO}/pseudo_vs_model.png"]
+EXTRA_TARGETS += expand(f"{AF_PROP}/{{method}}/metrics_val.json", method=PIPE["annotation_free"])
+if "solov2-free" in PIPE["annotation_free"]:
+    EXTRA_TARGETS += [f"{AF_FREESOLO}/pseudo_vs_model.png"]
+ABLATION_TARGETS += expand(f"{AF_PROP}/{{method}}/metrics_val.json", method=["ucm", "freemask", "spectral", "solov2-free"])
+ABLATION_TARGETS += [f"{AF_FREESOLO}/pseudo_vs_model.png"]

@@ -41,5 +41,8 @@ def final_targets():
     return targets
 
 
-# Rule files append their end products here (they are included after this file).
+# Rule files append their end products here (they are included after this file): EXTRA_TARGETS is what
+# `rule all` builds (the default pipeline, = dvc.yaml), ABLATION_TARGETS what `snakemake ablations` adds.
 EXTRA_TARGETS = []
+ABLATION_TARGETS = []
+PIPE = config["pipeline"]

@@ -63,6 +63,8 @@ rule evaluate:
         "--out-dir " + DISC_DIR + "/{wildcards.method}/{wildcards.variant} 2> {log}"
 
 
-DISC_METRICS = expand(f"{DISC_DIR}/{{method}}/{{variant}}/metrics.json", method=EMB_METHODS,
-                      variant=EMB_VARIANTS)
+DISC_METRICS = expand(f"{DISC_DIR}/{{method}}/{{variant}}/metrics.json", method=PIPE["embedding_methods"],
+                      variant=PIPE["embedding_variants"])
 EXTRA_TARGETS += DISC_METRICS
+ABLATION_TARGETS += expand(f"{DISC_DIR}/{{method}}/{{variant}}/metrics.json", method=PIPE["embedding_methods"],
+                           variant=EMB_VARIANTS)

@@ -62,5 +62,7 @@ rule embed:
         "--out {output.embeddings} --metrics {output.metrics} 2> {log}"
 
 
-EXTRA_TARGETS += expand(f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz", method=EMB_METHODS,
-                        variant=EMB_VARIANTS)
+EXTRA_TARGETS += expand(f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz", method=PIPE["embedding_methods"],
+                        variant=PIPE["embedding_variants"])
+ABLATION_TARGETS += expand(f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz", method=PIPE["embedding_methods"],
+                           variant=EMB_VARIANTS)

@@ -154,7 +154,10 @@ rule dcl_ablation:
 
 
 EXTRA_TARGETS += expand(f"{PROP}/gt/{{split}}", split=PROP_SPLITS)
-EXTRA_TARGETS += expand(f"{PROP}/{{method}}/{{split}}", method=PROP_NETWORKS, split=PROP_SPLITS)
-EXTRA_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=["gt", *PROP_NETWORKS])
-EXTRA_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PROP_NETWORKS)
-EXTRA_TARGETS += [f"{PROP}/dcl_ablation.json"]
+EXTRA_TARGETS += expand(f"{PROP}/{{method}}/{{split}}", method=PIPE["proposal_networks"], split=PIPE["network_splits"])
+EXTRA_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=["gt", *PIPE["proposal_networks"]])
+EXTRA_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PIPE["proposal_networks"])
+ABLATION_TARGETS += expand(f"{PROP}/{{method}}/{{split}}", method=PROP_NETWORKS, split=PROP_SPLITS)
+ABLATION_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=PROP_NETWORKS)
+ABLATION_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PROP_NETWORKS)
+ABLATION_TARGETS += [f"{PROP}/dcl_ablation.json"]

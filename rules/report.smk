@@ -4,15 +4,15 @@ REPORT = config["report"]
 
 rule report:
     input:
-        metrics=expand(f"{DISC_DIR}/{{method}}/{{variant}}/metrics.json", method=EMB_METHODS,
-                       variant=EMB_VARIANTS),
-        clusters=expand(f"{DISC_DIR}/{{method}}/{{variant}}/clusters.npz", method=EMB_METHODS,
-                        variant=EMB_VARIANTS),
-        elbow=expand(f"{DISC_DIR}/{{method}}/{{variant}}/elbow.json", method=EMB_METHODS,
-                     variant=EMB_VARIANTS),
-        embeddings=expand(f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz", method=EMB_METHODS,
-                          variant=EMB_VARIANTS),
-        proposals=expand("results/proposals/{method}/val", method=EMB_METHODS),
+        metrics=expand(f"{DISC_DIR}/{{method}}/{{variant}}/metrics.json", method=PIPE["embedding_methods"],
+                       variant=PIPE["embedding_variants"]),
+        clusters=expand(f"{DISC_DIR}/{{method}}/{{variant}}/clusters.npz", method=PIPE["embedding_methods"],
+                        variant=PIPE["embedding_variants"]),
+        elbow=expand(f"{DISC_DIR}/{{method}}/{{variant}}/elbow.json", method=PIPE["embedding_methods"],
+                     variant=PIPE["embedding_variants"]),
+        embeddings=expand(f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz", method=PIPE["embedding_methods"],
+                          variant=PIPE["embedding_variants"]),
+        proposals=expand("results/proposals/{method}/val", method=PIPE["embedding_methods"]),
         gt=f"{config['data']['out_dir']}/val.json",
     output:
         html=f"{REPORT['out_dir']}/index.html",
