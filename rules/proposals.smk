@@ -32,7 +32,6 @@ rule propose_gt:
 rule train_proposals:
     input:
         train=f"{config['data']['out_dir']}/train_base.json",
-        val=f"{config['data']['out_dir']}/val.json",
     output:
         model=f"{PROP}/models/{{model}}/model.pth",
         config=f"{PROP}/models/{{model}}/config.py",
@@ -51,7 +50,8 @@ rule train_proposals:
     log:
         "results/logs/train_proposals_{model}.log",
     shell:
-        "longtail train-proposals --model {wildcards.model} --train-json {input.train} --val-json {input.val} "
+        # evaluation happens once, on the proposal sets (eval_proposals), not again inside training
+        "longtail train-proposals --model {wildcards.model} --train-json {input.train} "
         "--work-dir " + PROP + "/models/{wildcards.model} 2> {log}"
 
 

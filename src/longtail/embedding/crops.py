@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longtail import REPO_ROOT
+from longtail.common.params import project_root
 from longtail.common.errors import LongtailError
 from longtail.proposals.format import decode_mask
 
@@ -31,7 +31,7 @@ MEAN_U8 = np.round(MEAN * 255).astype(np.uint8)
 def resolve_image(file_name: str, source: str = "") -> Path:
     """An image path of the shared formats (relative to the repo root, or absolute)."""
     p = Path(file_name)
-    for cand in (p, Path.cwd() / p, REPO_ROOT / p):
+    for cand in (p, Path.cwd() / p, project_root() / p):
         if cand.exists():
             return cand
     raise LongtailError(f"{source or 'image'}: image file {file_name} not found (paths are relative to the repo "

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from longtail import REPO_ROOT
+from longtail.common.params import project_root
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path, write_json
 from longtail.common.tracking import StageRun
@@ -53,7 +53,7 @@ def load_config(path: str | Path):
 
     path = Path(path)
     if not path.is_absolute():
-        path = REPO_ROOT / path
+        path = project_root() / path
     if not path.exists():
         raise LongtailError(f"mmdet config not found: {path}; fix proposals.models in params.yaml")
     try:
@@ -136,7 +136,7 @@ def apply_params(cfg, pcfg: dict, seed: int, cfg_file: str) -> None:
 def _dataset_cfg(cfg, dl: str, ann_file: Path, test_mode: bool) -> None:
     ds = cfg[dl].dataset
     ds.ann_file = str(ann_file.resolve())
-    ds.data_root = str(REPO_ROOT)      # file_name is relative to the repository root
+    ds.data_root = str(project_root())      # file_name is relative to the repository root
     ds.data_prefix = dict(img="")
     ds.metainfo = dict(classes=("object",))
     if not test_mode:
@@ -265,7 +265,7 @@ def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | No
     if init in ("auto", "hierarchy"):
         cfg.model.backbone.init_cfg = None
         ckpt = Path(pcfg["train"]["hierarchy_checkpoint"])
-        n_init = hierarchy_init(cfg, ckpt if ckpt.is_absolute() else REPO_ROOT / ckpt, work_dir,
+        n_init = hierarchy_init(cfg, ckpt if ckpt.is_absolute() else project_root() / ckpt, work_dir,
                                 required=init == "hierarchy")
     elif init == "random":
         cfg.model.backbone.init_cfg = None

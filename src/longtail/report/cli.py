@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longtail import REPO_ROOT
+from longtail.common.params import project_root
 from longtail.cli import add_params_args
 from longtail.common import LongtailError, atomic_path, read_json
 from longtail.common.params import load_params, section
@@ -225,8 +225,8 @@ def run(args):
                 for i in members:
                     rec = records[i]
                     fn = Path(imgs[rec["image_id"]]["file_name"])
-                    if not fn.exists() and (REPO_ROOT / fn).exists():   # file_name is repo-relative
-                        fn = REPO_ROOT / fn
+                    if not fn.exists() and (project_root() / fn).exists():   # file_name is repo-relative
+                        fn = project_root() / fn
                     if fn.exists():
                         tiles.append(F.mask_tile(fn, rec["segmentation"], cfg["gallery_size"]))
                 lab = int(cl_label[c])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longtail import REPO_ROOT
+from longtail.common.params import project_root
 from longtail.common.errors import LongtailError
 from longtail.common.params import section
 
@@ -27,7 +27,7 @@ def image_path(file_name: str) -> Path:
     p = Path(file_name)
     if p.is_absolute() or p.exists():
         return p
-    return REPO_ROOT / p
+    return project_root() / p
 
 
 def _check_dataset(dataset: dict) -> list[dict]:
