@@ -1,1 +1,107 @@
-# hierarchy rules (added by the hierarchy stage)
+# hierarchy: HED edges -> OWT-UCM region trees (COCO train/val of `longtail prepare`, BSDS500 val), the BSDS500
+# benchmark, and pixel embeddings trained from the region trees (Zhang & Maire 2020).
+# Outputs: results/hierarchy/{edges,ucm}/<set>/, figures/hierarchy_<set>.png, bsds_val.json, pixel_embedding.pt
+HIER = config["hierarchy"]["out_dir"]
+HIER_SOURCES = {
+    "train": f"{config['data']['out_dir']}/train.json",
+    "val": f"{config['data']['out_dir']}/val.json",
+    "bsds_val": "data/bsds500/images/val",
+}
+
+
+wildcard_constraints:
+    imgset="|".join(HIER_SOURCES),
+
+
+rule hierarchy_edges:
+    input:
+        source=lambda wc: HIER_SOURCES[wc.imgset],
+    output:
+        edges=directory(f"{HIER}/edges/{{imgset}}"),
+        metrics=f"{HIER}/metrics/edges_{{imgset}}.json",
+    params:
+        section=config["hierarchy"],
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=config["hierarchy"]["gpu"],
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/hierarchy_edges_{imgset}.log",
+    shell:
+        "longtail edges --source {input.source} --out-dir {output.edges} --metrics {output.metrics} 2> {log}"
+
+
+rule hierarchy_ucm:
+    input:
+        edges=f"{HIER}/edges/{{imgset}}",
+    output:
+        trees=directory(f"{HIER}/ucm/{{imgset}}"),
+        metrics=f"{HIER}/metrics/ucm_{{imgset}}.json",
+        figure=f"{HIER}/figures/hierarchy_{{imgset}}.png",
+    params:
+        section=config["hierarchy"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/hierarchy_ucm_{imgset}.log",
+    shell:
+        "longtail ucm --edges {input.edges} --out-dir {output.trees} --metrics {output.metrics} "
+        "--figure {output.figure} 2> {log}"
+
+
+rule hierarchy_bsds:
+    input:
+        images="data/bsds500/images/val",
+        gt="data/bsds500/groundTruth/val",
+        reference="data/bsds500/ucm2/val",
+    output:
+        f"{HIER}/bsds_val.json",
+    params:
+        section=config["hierarchy"],
+    threads: config["hierarchy"]["bench"]["nproc"]
+    resources:
+        mem_mb=6000,
+        runtime=240,
+        gpu=config["hierarchy"]["gpu"],
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/hierarchy_bsds.log",
+    shell:
+        "longtail bsds --images {input.images} --gt {input.gt} --reference-ucm {input.reference} "
+        "--out {output} 2> {log}"
+
+
+rule train_pixel_embedding:
+    input:
+        trees=f"{HIER}/ucm/train",
+        images="data/bsds500/images/val",
+        gt="data/bsds500/groundTruth/val",
+    output:
+        model=f"{HIER}/pixel_embedding.pt",
+        metrics=f"{HIER}/metrics/pixel_embedding.json",
+    params:
+        section=config["hierarchy"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=config["hierarchy"]["gpu"],
+    conda:
+        "../envs/longtail.yaml"
+    log:
+        "results/logs/train_pixel_embedding.log",
+    shell:
+        "longtail train-pixel-embedding --trees {input.trees} --eval-images {input.images} --eval-gt {input.gt} "
+        "--out {output.model} --metrics {output.metrics} 2> {log}"
+
+
+EXTRA_TARGETS += expand(f"{HIER}/ucm/{{imgset}}", imgset=list(HIER_SOURCES))
+EXTRA_TARGETS += [f"{HIER}/bsds_val.json", f"{HIER}/pixel_embedding.pt"]

@@ -1,0 +1,70 @@
+"""Per-image processing: HED edges (batched), OWT-UCM trees, and the record formats on disk.
+
+Edge record ``<key>.npz``: ``edges`` (H, W) float32 probabilities, ``orientation`` (H, W) float16 in [0, pi),
+``thin`` (H, W) float16 NMS-thinned edges. Tree record ``<key>.npz``: ``parents``, ``altitudes``,
+``leaf_labels`` (see :class:`~longtail.hierarchy.tree.RegionTree`) and ``ucm2`` float32 (2H+1, 2W+1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from longtail.common.io import atomic_path
+from longtail.hierarchy.images import ImageItem, load_rgb
+from longtail.hierarchy.tree import RegionTree
+from longtail.hierarchy.ucm import edge_nms, edge_orientation, owt_ucm
+
+
+def iter_edges(model, items: list[ImageItem], batch_size: int = 4, device: str = "cpu",
+               scales: tuple[float, ...] = (1.0,), min_size: int = 32) -> Iterator[tuple[ImageItem, np.ndarray]]:
+    """Yield (item, edge map) for every item; same-size images share a batch (in input order per size)."""
+    from longtail.hierarchy.hed import hed_edges
+
+    pending: dict[tuple, list] = defaultdict(list)
+    for it in items:
+        im = load_rgb(it.path, min_size)
+        pending[im.shape].append((it, im))
+        if len(pending[im.shape]) >= batch_size:
+            batch = pending.pop(im.shape)
+            yield from zip([b[0] for b in batch], hed_edges(model, [b[1] for b in batch], device, scales))
+    for batch in pending.values():
+        yield from zip([b[0] for b in batch], hed_edges(model, [b[1] for b in batch], device, scales))
+
+
+def edge_record(edges: np.ndarray) -> dict[str, np.ndarray]:
+    return {"edges": edges.astype(np.float32), "orientation": edge_orientation(edges).astype(np.float16),
+            "thin": edge_nms(edges).astype(np.float16)}
+
+
+def save_record(path: str | os.PathLike, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_edges(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    from longtail.common.errors import LongtailError
+
+    path = Path(path)
+    if not path.exists():
+        raise LongtailError(f"edge map {path} not found; run `longtail edges` for this image set first")
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in ("edges", "orientation", "thin")}
+    except (KeyError, ValueError, OSError) as e:
+        raise LongtailError(f"edge map {path} is unreadable ({e}); delete it and rerun `longtail edges`") from e
+
+
+def tree_from_edges(rec: dict[str, np.ndarray], max_leaves: int | None = None,
+                    use_orientation: bool = True, boundary: str = "nms") -> RegionTree:
+    return owt_ucm(rec["edges"].astype(np.float64), rec["orientation"].astype(np.float64),
+                   max_leaves=max_leaves, use_orientation=use_orientation, boundary=boundary,
+                   thin=rec["thin"].astype(np.float64))
+
+
+def save_tree(path: str | os.PathLike, tree: RegionTree, **extra) -> None:
+    tree.save(path, ucm2=tree.ucm2().astype(np.float32), **extra)

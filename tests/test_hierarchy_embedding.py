@@ -1,0 +1,140 @@
+"""Pixel embeddings from the hierarchy (Zhang & Maire 2020): sampling (Eq. 2/3), augmented pairs, loss (Eq. 1),
+network, checkpoint / resume, `load_pixel_embedding`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.cli import main
+from longtail.hierarchy import pixel_embedding as pe
+from longtail.hierarchy.tree import RegionTree
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "bsds500" / "bench_sample"
+
+
+def _toy_tree() -> RegionTree:
+    """4 quadrant regions; {0,1} merge at 0.2, {2,3} at 0.4, root at 0.9."""
+    lab = np.zeros((64, 64), np.int32)
+    lab[:32, 32:] = 1
+    lab[32:, :32] = 2
+    lab[32:, 32:] = 3
+    parents = np.array([4, 4, 5, 5, 6, 6, 6])
+    alt = np.array([0, 0, 0, 0, 0.2, 0.4, 0.9])
+    return RegionTree(parents, alt, lab)
+
+
+def test_tree_distances_and_eq2_eq3():
+    t = _toy_tree()
+    d = t.leaf_distances()
+    np.testing.assert_allclose(d[0], [0, 0.2, 0.9, 0.9])
+    np.testing.assert_allclose(d[2], [0.9, 0.9, 0, 0.4])
+    pos, neg = pe.pair_probabilities(d, 0, sigma_p=0.8)
+    e = np.exp(-np.array([0.2, 0.9, 0.9]) / 0.8)
+    np.testing.assert_allclose(pos, np.r_[1.0, e] / (1.0 + e.sum()))           # Eq. 2, self cast to 1
+    en = np.exp(np.array([0.2, 0.9, 0.9]) / 0.8)
+    np.testing.assert_allclose(neg, np.r_[0.0, en] / en.sum())                  # Eq. 3, never the anchor region
+    assert pos[0] > pos[1] > pos[2] and neg[2] > neg[1]
+
+
+def test_sampled_pairs_follow_the_regions_and_both_views_see_the_same_pixels():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    rgb = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)   # position-coded colours
+    t = _toy_tree()
+    pos_same, neg_same, n = 0, 0, 0
+    for _ in range(20):
+        s = pe.sample_image(rgb, t, rng, size=64, n_regions=7, n_pos=10, n_neg=5, sigma_p=0.8, jitter=0.0)
+        if s is None:
+            continue
+        # the same image point read in view a and in view b has the same colour (crop/flip mapping is right)
+        va = torch.nn.functional.grid_sample(s.view_a[None], s.grid_a[None], align_corners=False)[0]
+        vb = torch.nn.functional.grid_sample(s.view_b[None], s.grid_b[None], align_corners=False)[0]
+        assert (va - vb).abs().mean() < 0.08, (va - vb).abs().mean()
+        # region of each sampled point, from the position-coded colour of view a
+        mean = torch.tensor(pe.IMAGENET_MEAN)[:, None, None]
+        std = torch.tensor(pe.IMAGENET_STD)[:, None, None]
+        col = (va * std + mean) * 255
+        x, y = (col[0] / 4).round().long().clamp(0, 63), (col[1] / 4).round().long().clamp(0, 63)
+        reg = torch.from_numpy(t.leaf_labels)[y, x]                     # (R, 1 + P + N)
+        pos_same += (reg[:, 1:11] == reg[:, :1]).sum().item()
+        neg_same += (reg[:, 11:] == reg[:, :1]).sum().item()
+        n += reg.shape[0]
+    assert n > 0
+    assert neg_same <= 0.02 * n * 5            # negatives come from other regions (up to border blur)
+    assert pos_same / (n * 10) > 0.3           # Eq. 2 concentrates positives on the anchor's region
+
+
+def test_loss_prefers_region_consistent_embeddings():
+    torch.manual_seed(0)
+    B, R, P, N = 2, 7, 10, 5
+    grid = torch.rand(B, R, 1 + P + N, 2) * 2 - 1
+    # features = one-hot of the left/right half: anchors and positives share the half, negatives do not
+    feat = torch.zeros(B, 4, 8, 8)
+    feat[:, 0, :, :4] = 1
+    feat[:, 1, :, 4:] = 1
+    x_anchor = grid[:, :, :1, 0].sign()
+    grid[:, :, 1:1 + P, 0] = x_anchor * (0.25 + 0.5 * torch.rand(B, R, P))
+    grid[:, :, 1 + P:, 0] = -x_anchor * (0.25 + 0.5 * torch.rand(B, R, N))
+    grid[:, :, 0, 0] = x_anchor[..., 0] * 0.5
+    good = pe.hierarchy_contrastive_loss(feat, feat, grid, grid, n_pos=P, cns=0)
+    bad = pe.hierarchy_contrastive_loss(torch.randn_like(feat), torch.randn_like(feat), grid, grid, n_pos=P, cns=0)
+    assert good < bad
+    # sims: positives 1, negatives 0 -> -log(e / (e + 10)) for every (anchor, positive)
+    assert float(good) == pytest.approx(-np.log(np.e / (np.e + 10)), abs=1e-4)
+    assert pe.hierarchy_contrastive_loss(feat, feat, grid, grid, n_pos=P, cns=5) > good  # cns adds negatives
+
+
+def test_network_shapes_and_backbone_keys():
+    net = pe.PixelEmbeddingNet().eval()
+    with torch.no_grad():
+        f = net(torch.zeros(1, 3, 96, 128))
+    assert f.shape == (1, 32, 24, 32)
+    keys = set(net.backbone.state_dict())
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight"} <= keys
+
+
+def test_train_verb_checkpoint_resume_and_load(tmp_path):
+    # region trees of two BSDS images from their human boundaries (fast, no HED needed)
+    from longtail.hierarchy import bench
+    from longtail.hierarchy.process import save_tree
+    from longtail.hierarchy.ucm import owt_ucm
+
+    trees = tmp_path / "ucm"
+    trees.mkdir()
+    index = []
+    for i in ("3063", "8068"):
+        gt = bench.load_groundtruth(SAMPLE / "groundTruth" / f"{i}.mat")
+        soft = np.mean([b.astype(float) for b in gt.boundaries], 0)
+        save_tree(trees / f"{i}.npz", owt_ucm(soft, max_leaves=60))
+        index.append({"key": i, "image": str(SAMPLE / "images" / f"{i}.jpg"), "image_id": None, "tree": f"{i}.npz"})
+    (trees / "index.json").write_text(json.dumps({"images": index}))
+    imgs = tmp_path / "eval"
+    imgs.mkdir()
+    (imgs / "2018.jpg").write_bytes((SAMPLE / "images" / "2018.jpg").read_bytes())
+    out, metrics = tmp_path / "pe.pt", tmp_path / "pe.json"
+    common = ["--trees", str(trees), "--eval-images", str(imgs), "--eval-gt", str(SAMPLE / "groundTruth"),
+              "--out", str(out), "--metrics", str(metrics), "--set", "hierarchy.pixel_embedding.batch_size=2",
+              "--set", "hierarchy.pixel_embedding.crop_size=64", "--set", "hierarchy.pixel_embedding.eval_k=4",
+              "--set", "hierarchy.pixel_embedding.checkpoint_interval=2"]
+    assert main(["train-pixel-embedding", *common, "--set", "hierarchy.pixel_embedding.steps=2"]) == 0
+    first = torch.load(out, weights_only=False)
+    assert first["step"] == 2 and len(first["losses"]) == 2
+    assert main(["train-pixel-embedding", *common, "--set", "hierarchy.pixel_embedding.steps=3"]) == 0
+    second = torch.load(out, weights_only=False)
+    assert second["step"] == 3 and second["losses"][:2] == first["losses"]     # resumed, not restarted
+    m = json.loads(metrics.read_text())
+    assert m["steps"] == 3 and m["n_train_images"] == 2 and 0 < m["trained"]["covering"] <= 1
+    assert 0 < m["random_init"]["covering"] <= 1
+    net = pe.load_pixel_embedding(out)
+    assert not net.training
+    assert torch.equal(net.backbone.conv1.weight, second["backbone"]["conv1.weight"])
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    from longtail.common.errors import LongtailError
+
+    with pytest.raises(LongtailError, match="junk.pt"):
+        pe.load_pixel_embedding(tmp_path / "junk.pt")
