@@ -20,6 +20,8 @@ data: setup  ## dvc pull the sample data into data/
 
 run: setup data  ## run the whole pipeline on the sample with the local Snakemake profile
 	snakemake --profile $(PROFILE)
+	@# record what Snakemake built in dvc.lock, so that `dvc repro` finds nothing to do
+	dvc commit -f -q
 	@echo
 	@echo "Results: $(CURDIR)/results/   (report: results/report/index.html when the report stage is built)"
 	@echo "MLflow:  $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}   ->  make mlflow-ui"
