@@ -100,3 +100,18 @@ def test_configfile_overlay_reaches_the_cli(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     m = json.loads((tmp_path / "results/data/metrics.json").read_text())
     assert m["num_base_categories"] == 2 and m["num_novel_categories"] == 78
+
+
+def test_coco_lvis_experiment_plans_on_slurm():
+    """The paper at scale: the experiment file + SLURM profile give the full grid with GPU requests."""
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "--profile", "workflow/profiles/slurm", "all",
+                        "--configfile", "workflow/experiments/coco_lvis.yaml"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+    assert counts["train_embedding"] == "11" and counts["train_proposals"] == "3"
+    assert counts["propose"] == "6" and counts["propose_solov2_free"] == "1"
+    block = out[out.index("rule train_proposals:"):]
+    assert "gpu=1" in block[:block.index("Shell command")]
