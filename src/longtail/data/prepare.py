@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from longtail.common.errors import LongtailError
+from longtail.common.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,7 @@ class BadInputCounter:
 
 
 def _load_json(path: Path, what: str) -> dict:
-    if not path.exists():
-        raise LongtailError(f"{what} not found: {path}. Run `make data` (dvc pull) or fix data.sources in "
-                            f"params.yaml.")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise LongtailError(f"{what} {path} is not valid JSON: {e}") from e
+    return read_json(path, what, hint="Run `make data` (dvc pull) or fix data.sources in params.yaml.")
 
 
 def check_image(path: Path, height: int, width: int, min_size: int) -> str | None:
