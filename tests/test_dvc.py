@@ -67,3 +67,28 @@ def test_exp_run_with_override(repo_copy):
     assert m["train"]["instances"] == 1485
     shown = _run([str(BIN / "dvc"), "exp", "show", "--json"], repo_copy)
     assert "num_base_categories" in shown
+
+
+def test_plots_show_elbow_curves(repo_copy):
+    """`dvc plots show` renders the elbow curves written by the real `longtail cluster`."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for space in ("poincare", "euclidean"):
+        x = rng.normal(size=(300, 2)) * 0.3
+        z = x / (1 + np.linalg.norm(x, axis=1, keepdims=True)) if space == "poincare" else x
+        npz = repo_copy / f"emb_{space}.npz"
+        np.savez(npz, proposal_embeddings=z.astype(np.float32), proposal_ids=np.arange(300),
+                 proposal_image_ids=np.repeat(np.arange(30), 10), proposal_scores=np.ones(300),
+                 anchor_embeddings=z[:6].astype(np.float32), anchor_category_ids=np.array([1, 1, 2, 2, 3, 3]),
+                 anchor_ann_ids=np.arange(6), space=space, curvature=1.0)
+        _run([str(BIN / "longtail"), "cluster", "--embeddings", str(npz), "--out-dir",
+              f"results/discovery/gt/{space}"], repo_copy)
+    shown = json.loads(_run([str(BIN / "dvc"), "plots", "show", "--json"], repo_copy, stdout_only=True))
+    flat = json.dumps(shown)
+    assert "explained_variation" in flat
+    import yaml
+
+    k_grid = yaml.safe_load((repo_copy / "params.yaml").read_text())["discovery"]["k_grid"]
+    for k in k_grid:
+        assert f'"k": {k},' in flat or f'"k": {k}}}' in flat

@@ -115,7 +115,10 @@ def run_cluster(args):
                                 proposal_ids=emb["proposal_ids"], k=k, space=space, curvature=curv,
                                 inertia=float(model.inertia_), grid_k=np.asarray(elbow["k"], np.int64),
                                 grid_labels=np.stack([grid_labels[kk] for kk in elbow["k"]]))
-        write_json(out / "elbow.json", {**elbow, "k_chosen": k, "space": space})
+        # "curve" first: the records `dvc plots` reads (x = k, y = explained_variation)
+        curve = [{"k": int(kk), "inertia": float(w), "explained_variation": float(ev)}
+                 for kk, w, ev in zip(elbow["k"], elbow["inertia"], elbow["explained_variation"])]
+        write_json(out / "elbow.json", {"curve": curve, **elbow, "k_chosen": k, "space": space})
         sizes = np.bincount(labels, minlength=k)
         metrics = {"k": k, "k_elbow": elbow["k_star"], "num_points": len(Z), "inertia": float(model.inertia_),
                    "n_iter": int(model.n_iter_), "explained_variation": 1 - float(model.inertia_) /
