@@ -41,6 +41,7 @@ rule propose_freemask:
     resources:
         mem_mb=6000,
         runtime=60,
+        gpu=config["proposals"]["gpu"],  # backbone forward (GPUs per inference job)
     conda:
         "../envs/longtail.yaml"
     log:
@@ -62,6 +63,7 @@ rule propose_spectral:
     resources:
         mem_mb=6000,
         runtime=60,
+        gpu=config["proposals"]["gpu"],  # backbone forward (GPUs per inference job)
     conda:
         "../envs/longtail.yaml"
     log:

@@ -49,3 +49,21 @@ def test_every_rule_names_an_existing_env():
     for smk in (REPO / "rules").glob("*.smk"):
         for env in re.findall(r'conda:\s*\n?\s*"([^"]+)"', smk.read_text()):
             assert (smk.parent / env).resolve().exists(), f"{smk.name}: conda env {env} does not exist"
+
+
+def test_every_rule_declares_resources_env_and_log():
+    """Each rule: threads, mem_mb, runtime (SLURM), a conda env, a log; GPU-able rules request `gpu`."""
+    for smk in (REPO / "rules").glob("*.smk"):
+        blocks = re.split(r"\n(?=rule \w+:)", smk.read_text())
+        for block in blocks:
+            m = re.match(r"rule (\w+):", block)
+            if not m:
+                continue
+            for key in ("threads:", "mem_mb=", "runtime=", "conda:", "log:", "shell:"):
+                assert key in block, f"{smk.name}: rule {m.group(1)} lacks {key}"
+            if m.group(1) in GPU_RULES:
+                assert "gpu=" in block, f"{smk.name}: rule {m.group(1)} (GPU-able) does not request gpu"
+
+
+GPU_RULES = {"hierarchy_edges", "train_pixel_embedding", "train_proposals", "propose", "train_freesolo",
+             "propose_solov2_free", "propose_freemask", "propose_spectral", "train_embedding", "embed", "cluster"}
