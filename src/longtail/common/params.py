@@ -27,6 +27,12 @@ def project_root() -> Path:
     return cwd if (cwd / "params.yaml").exists() and (cwd / "workflow" / "schemas").is_dir() else REPO_ROOT
 
 
+def project_path(path: str | Path) -> Path:
+    """A path from params.yaml or a dataset: absolute as is, else relative to the project root."""
+    path = Path(path)
+    return path if path.is_absolute() else project_root() / path
+
+
 def _load_yaml(path: Path, what: str) -> Any:
     if not path.exists():
         raise LongtailError(f"{what} not found: {path}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from longtail.common.params import project_root
+from longtail.common.params import project_path
 from longtail.common.errors import LongtailError
 from longtail.proposals.format import encode_mask, make_record
 from longtail.proposals.training import CONFIG_FILE, MODEL_FILE, own_checkpoints
@@ -39,8 +39,7 @@ def load_model(model_dir: str | Path, device: str = "cpu", max_per_img: int | No
 
 
 def image_path(im: dict) -> Path:
-    p = Path(im["file_name"])
-    p = p if p.is_absolute() else project_root() / p
+    p = project_path(im["file_name"])
     if not p.exists():
         raise LongtailError(f"image {im['id']}: file {p} not found; file_name must be relative to the repo root "
                             f"(run `longtail prepare` / `dvc pull data`)")

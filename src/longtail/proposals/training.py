@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from longtail.common.params import project_root
+from longtail.common.params import project_path, project_root
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path, write_json
 from longtail.common.tracking import StageRun
@@ -51,9 +51,7 @@ def own_checkpoints():
 def load_config(path: str | Path):
     from mmengine.config import Config
 
-    path = Path(path)
-    if not path.is_absolute():
-        path = project_root() / path
+    path = project_path(path)
     if not path.exists():
         raise LongtailError(f"mmdet config not found: {path}; fix proposals.models in params.yaml")
     try:
@@ -264,8 +262,7 @@ def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | No
     n_init = 0
     if init in ("auto", "hierarchy"):
         cfg.model.backbone.init_cfg = None
-        ckpt = Path(pcfg["train"]["hierarchy_checkpoint"])
-        n_init = hierarchy_init(cfg, ckpt if ckpt.is_absolute() else project_root() / ckpt, work_dir,
+        n_init = hierarchy_init(cfg, project_path(pcfg["train"]["hierarchy_checkpoint"]), work_dir,
                                 required=init == "hierarchy")
     elif init == "random":
         cfg.model.backbone.init_cfg = None

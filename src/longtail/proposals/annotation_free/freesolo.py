@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from longtail.common.params import project_root
+from longtail.common.params import project_path
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path, write_json
 from longtail.common.tracking import StageRun
@@ -86,8 +86,7 @@ def _train_round(fcfg: dict, seed: int, ann_file: Path, work_dir: Path, init_fro
     else:
         cfg.load_from = None
         if fcfg["init"] in ("auto", "hierarchy"):
-            ckpt = Path(fcfg["hierarchy_checkpoint"])
-            n_init = hierarchy_init(cfg, ckpt if ckpt.is_absolute() else project_root() / ckpt, work_dir,
+            n_init = hierarchy_init(cfg, project_path(fcfg["hierarchy_checkpoint"]), work_dir,
                                     required=fcfg["init"] == "hierarchy")
     cfg.work_dir = str(work_dir.resolve())
     cfg.resume = True
