@@ -187,6 +187,11 @@ def test_cli_perfect_embedding_gives_ap_one(tmp_path, space):
     assert sorted(byk) == el["k"]
     assert all(r["clusters_matched"] <= r["k"] for r in byk.values())
     assert byk[max(byk)]["purity"] == pytest.approx(1.0)   # k >= #categories: clusters split pure groups
+    # the random baseline at every k of the grid too, and its ratio
+    for r in byk.values():
+        assert 0 < r["baseline_random_purity"] < 0.6
+        assert r["purity_ratio_vs_random"] == pytest.approx(r["purity"] / r["baseline_random_purity"])
+    assert byk[max(byk)]["purity_ratio_vs_random"] >= 2
     dets = json.loads((out / "detections.json").read_text())
     assert len(dets) == len(recs)
 

@@ -124,8 +124,10 @@ def table3(runs):
             continue
         kstar = (r["elbow"] or {}).get("k_star")
         rows = [[f"k*={x['k']} (elbow)" if x["k"] == kstar else f"k={x['k']}", x.get("clusters_matched"),
-                 x.get("purity")] + [x.get(f"purity_{g}") for g in groups] for x in byk]
-        out += _table(["No. of clusters", "clusters matched", "Purity avg"] + [f"Purity {g}" for g in groups],
+                 x.get("purity")] + [x.get(f"purity_{g}") for g in groups] +
+                [x.get("baseline_random_purity"), x.get("purity_ratio_vs_random")] for x in byk]
+        out += _table(["No. of clusters", "clusters matched", "Purity avg"] + [f"Purity {g}" for g in groups] +
+                      ["random-embedding purity", "ratio"],
                       rows, f"Table 3 (per k) — {r['method']}/{r['variant']}")
     return out
 
