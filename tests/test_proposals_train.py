@@ -185,3 +185,24 @@ def test_hpc_configs_keep_their_schedule_and_build(name, head):
         assert model.roi_head.bbox_head.num_classes == 1 and model.roi_head.mask_head.num_classes == 1
     else:
         assert type(model.mask_head).__name__ == head and model.mask_head.num_classes == 1
+
+
+@pytest.mark.parametrize("name,hpc", [("maskrcnn_r50_fpn_cpu", "maskrcnn_r50_fpn_agnostic_1x_coco"),
+                                      ("maskrcnn_dcl_r50_fpn_cpu", "maskrcnn_dcl_r50_fpn_agnostic_1x_coco"),
+                                      ("solov2_r50_fpn_cpu", "solov2_r50_fpn_agnostic_1x_coco")])
+def test_cpu_configs_share_the_cpu_runtime(name, hpc):
+    """CPU profile = its HPC config (same model up to the backbone init) + workflow/mmdet/_cpu_runtime.py."""
+    from mmengine.config import Config
+
+    cpu, full = (Config.fromfile(str(REPO_ROOT / f"workflow/mmdet/{n}.py")) for n in (name, hpc))
+    rt = Config.fromfile(str(REPO_ROOT / "workflow/mmdet/_cpu_runtime.py"))
+    assert cpu.train_cfg.to_dict() == {"type": "IterBasedTrainLoop", "max_iters": 120, "val_interval": 120}
+    assert cpu.train_dataloader.dataset.pipeline == rt.cpu_train_pipeline
+    assert cpu.test_dataloader.dataset.pipeline == rt.cpu_test_pipeline
+    assert cpu.train_dataloader.num_workers == 0 and cpu.default_hooks.checkpoint.interval == 40
+    assert cpu.param_scheduler == rt.cpu_param_scheduler
+    # the HPC dataset, model type and heads are inherited unchanged
+    assert cpu.train_dataloader.dataset.ann_file == full.train_dataloader.dataset.ann_file
+    assert cpu.model.type == full.model.type and cpu.model.backbone.init_cfg is None
+    head = "roi_head" if "roi_head" in full.model else "mask_head"
+    assert cpu.model[head].type == full.model[head].type
