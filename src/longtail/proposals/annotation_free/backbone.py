@@ -10,6 +10,9 @@ Backbones (``annotation_free.backbone.type``):
   ``longtail.hierarchy.load_pixel_embedding(checkpoint)`` (the default: no ImageNet weights offline).
 * ``torchvision``: a torchvision ResNet trunk up to ``layer``; ``checkpoint`` is a state dict (e.g. a
   DenseCL ResNet-50 converted to torchvision keys) or null for a seeded random initialisation.
+* ``hed_vgg16``: the VGG16 trunk of the hierarchy stage's HED (ImageNet VGG16 fine-tuned on BSDS500 edges, the
+  only pretrained network available offline) up to ``layer`` conv3 | conv4 | conv5 (stride 4 | 8 | 16, 256 | 512
+  | 512 channels); ``checkpoint`` = HED weights or null for the bundled ones.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 _RESNET_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+_HED_LAYERS = ("conv3", "conv4", "conv5")
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -85,6 +89,38 @@ class _ResNetTrunk(torch.nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+class _HEDTrunk(torch.nn.Module):
+    """HED's VGG16 blocks 1..n on an RGB input normalised to ``(x/255 - mean) / std`` with the Caffe BGR mean
+    folded into (mean, std): the forward flips RGB to BGR (see :func:`_hed_rgb_norm`)."""
+
+    def __init__(self, layer: str, checkpoint: str | None):
+        super().__init__()
+        from longtail.hierarchy.hed import load_hed
+
+        if layer not in _HED_LAYERS:
+            raise LongtailError(f"annotation_free.backbone.layer: {layer!r} is not one of {_HED_LAYERS} for "
+                                f"type hed_vgg16")
+        n = _HED_LAYERS.index(layer) + 3
+        self.blocks = load_hed(checkpoint).blocks[:n]
+        self.out_stride = 2 ** (n - 1)
+
+    def forward(self, x):
+        x = x.flip(1)
+        for k, convs in enumerate(self.blocks):
+            if k > 0:
+                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+            for conv in convs:
+                x = F.relu(conv(x))
+        return x
+
+
+def _hed_rgb_norm() -> tuple[tuple, tuple]:
+    """(mean, std) for :func:`to_tensor` that give 255 * RGB - Caffe mean (per channel, RGB order)."""
+    from longtail.hierarchy.hed import BGR_MEAN
+
+    return tuple(m / 255.0 for m in BGR_MEAN[::-1]), (1 / 255.0,) * 3
 
 
 def _load_state(path: str | Path) -> dict:
@@ -147,6 +183,11 @@ def build_backbone(cfg: dict, seed: int = 0) -> Backbone:
         net = _ResNetTrunk(cfg.get("arch", "resnet50"), cfg.get("layer", "layer3"), cfg.get("checkpoint"), seed)
         name = f"torchvision {cfg.get('arch', 'resnet50')}.{cfg.get('layer', 'layer3')}"
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif kind == "hed_vgg16":
+        layer = cfg.get("layer", "conv4")
+        net = _HEDTrunk(layer, cfg.get("checkpoint"))
+        name = f"hed_vgg16.{layer}"
+        mean, std = _hed_rgb_norm()
     elif kind == "pixel_embedding":
         ckpt = cfg.get("checkpoint")
         if not ckpt or not Path(ckpt).exists():
@@ -163,7 +204,7 @@ def build_backbone(cfg: dict, seed: int = 0) -> Backbone:
         mean = tuple(getattr(net, "mean", IMAGENET_MEAN))
         std = tuple(getattr(net, "std", IMAGENET_STD))
     else:
-        raise LongtailError(f"annotation_free.backbone.type: unknown {kind!r} (pixel_embedding | torchvision)")
+        raise LongtailError(f"annotation_free.backbone.type: unknown {kind!r} (pixel_embedding | torchvision | hed_vgg16)")
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
