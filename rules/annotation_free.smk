@@ -22,7 +22,7 @@ rule propose_ucm:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/propose_ucm_{split}.log",
     shell:
@@ -43,7 +43,7 @@ rule propose_freemask:
         runtime=60,
         gpu=config["proposals"]["gpu"],  # backbone forward (GPUs per inference job)
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/propose_freemask_{split}.log",
     shell:
@@ -65,7 +65,7 @@ rule propose_spectral:
         runtime=60,
         gpu=config["proposals"]["gpu"],  # backbone forward (GPUs per inference job)
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/propose_spectral_{split}.log",
     shell:
@@ -90,7 +90,7 @@ rule train_freesolo:
         runtime=120,
         gpu=AF["freesolo"]["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/train_freesolo.log",
     shell:
@@ -113,7 +113,7 @@ rule propose_solov2_free:
         runtime=60,
         gpu=AF["freesolo"]["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/propose_solov2_free_{split}.log",
     shell:

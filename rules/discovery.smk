@@ -25,7 +25,7 @@ rule cluster:
         runtime=30,
         gpu=DISC["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/discovery.yaml"
     log:
         "results/logs/cluster_{method}_{variant}.log",
     shell:
@@ -53,7 +53,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/discovery.yaml"
     log:
         "results/logs/evaluate_{method}_{variant}.log",
     shell:

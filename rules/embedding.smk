@@ -27,7 +27,7 @@ rule train_embedding:
         runtime=120,
         gpu=EMB["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/embedding.yaml"
     log:
         "results/logs/train_embedding_{method}_{variant}.log",
     shell:
@@ -54,7 +54,7 @@ rule embed:
         runtime=60,
         gpu=EMB["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/embedding.yaml"
     log:
         "results/logs/embed_{method}_{variant}.log",
     shell:

@@ -27,7 +27,7 @@ rule hierarchy_edges:
         runtime=60,
         gpu=config["hierarchy"]["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/hierarchy.yaml"
     log:
         "results/logs/hierarchy_edges_{imgset}.log",
     shell:
@@ -48,7 +48,7 @@ rule hierarchy_ucm:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/hierarchy.yaml"
     log:
         "results/logs/hierarchy_ucm_{imgset}.log",
     shell:
@@ -71,7 +71,7 @@ rule hierarchy_bsds:
         runtime=240,
         gpu=config["hierarchy"]["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/hierarchy.yaml"
     log:
         "results/logs/hierarchy_bsds.log",
     shell:
@@ -95,7 +95,7 @@ rule train_pixel_embedding:
         runtime=120,
         gpu=config["hierarchy"]["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/hierarchy.yaml"
     log:
         "results/logs/train_pixel_embedding.log",
     shell:

@@ -22,7 +22,7 @@ rule propose_gt:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/propose_gt_{split}.log",
     shell:
@@ -46,7 +46,7 @@ rule train_proposals:
         runtime=120,
         gpu=config["proposals"]["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/train_proposals_{model}.log",
     shell:
@@ -72,7 +72,7 @@ rule propose:
         runtime=60,
         gpu=config["proposals"]["gpu"],
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/propose_{method}_{split}.log",
     shell:
@@ -97,7 +97,7 @@ rule eval_proposals:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/eval_proposals_{method}_{split}.log",
     shell:
@@ -120,7 +120,7 @@ rule error_analysis:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/error_analysis_{method}_{split}.log",
     shell:
@@ -145,7 +145,7 @@ rule dcl_ablation:
         mem_mb=1000,
         runtime=5,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/proposals.yaml"
     log:
         "results/logs/dcl_ablation.log",
     shell:

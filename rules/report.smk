@@ -24,7 +24,7 @@ rule report:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/longtail.yaml"
+        "../envs/report.yaml"
     log:
         "results/logs/report.log",
     shell:
