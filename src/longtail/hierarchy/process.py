@@ -60,10 +60,10 @@ def load_edges(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def tree_from_edges(rec: dict[str, np.ndarray], max_leaves: int | None = None,
-                    use_orientation: bool = True, boundary: str = "nms") -> RegionTree:
+                    use_orientation: bool = True, boundary: str = "mix", mix_weight: float = 0.35) -> RegionTree:
     return owt_ucm(rec["edges"].astype(np.float64), rec["orientation"].astype(np.float64),
                    max_leaves=max_leaves, use_orientation=use_orientation, boundary=boundary,
-                   thin=rec["thin"].astype(np.float64))
+                   thin=rec["thin"].astype(np.float64), mix_weight=mix_weight)
 
 
 def save_tree(path: str | os.PathLike, tree: RegionTree, **extra) -> None:
