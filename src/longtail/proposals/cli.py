@@ -89,7 +89,9 @@ def run_propose(args) -> int:
         elif method in ANNOTATION_FREE_METHODS:
             from longtail.proposals.annotation_free import propose_dataset
 
-            records = propose_dataset(method, dataset, params, run, args)
+            records, skipped = propose_dataset(method, dataset, params, run, args)
+            if skipped:   # not run on these images (e.g. no region tree): eval-proposals leaves them out
+                meta["images_skipped"] = skipped
         elif method in cfg["models"] or args.model_dir:
             from longtail.proposals.inference import predict_dataset
 
@@ -125,12 +127,24 @@ def run_eval(args) -> int:
     dataset = load_coco(args.dataset)
     index, records = read_proposals(args.proposals)
     method = index.get("method", "?")
+    skipped = set(index.get("images_skipped", []))
+    if skipped:
+        log.warning("eval-proposals: %d of %d images were skipped by `propose --method %s` (index.json "
+                    "images_skipped, e.g. no region tree); they are left out of the evaluation", len(skipped),
+                    len(dataset["images"]), method)
+        keep = [im for im in dataset["images"] if im["id"] not in skipped]
+        if not keep:
+            raise LongtailError(f"{args.proposals}: every image of {args.dataset} was skipped by the proposal "
+                                f"method; nothing to evaluate")
+        dataset = {**dataset, "images": keep,
+                   "annotations": [a for a in dataset["annotations"] if a["image_id"] not in skipped]}
     with stage_run("eval-proposals", params=cfg, all_params=params,
                    run_name=f"eval-proposals/{method}/{_split_name(args.proposals)}",
                    tags={"method": method, "split": _split_name(args.proposals)}) as run:
         metrics = {"method": method, "segm": evaluate_proposals(dataset, records, "segm"),
                    "bbox": evaluate_proposals(dataset, records, "bbox"),
-                   "proposals_per_image": len(records) / max(len(index.get("images", [])), 1)}
+                   "images_evaluated": len(dataset["images"]), "images_skipped": len(skipped),
+                   "proposals_per_image": len(records) / max(len(dataset["images"]), 1)}
         run.write_metrics(args.out, metrics)
         if args.figure:
             from longtail.proposals.visualize import overlay_figure

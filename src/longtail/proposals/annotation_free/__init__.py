@@ -76,8 +76,9 @@ def feature_masks(method: str, image: np.ndarray, backbone, cfg: dict, seed: int
     raise LongtailError(f"unknown feature method {method!r}")
 
 
-def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> list[dict]:
-    """Proposal records (``longtail.proposals.format.make_record``) for every image of ``dataset``."""
+def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tuple[list[dict], list[int]]:
+    """(proposal records (``longtail.proposals.format.make_record``), ids of the images the method could not run
+    on: ``ucm`` images without a region tree when ``annotation_free.ucm.missing_tree: skip``)."""
     from tqdm import tqdm
 
     from longtail.proposals.annotation_free.backbone import build_backbone, load_image
@@ -96,12 +97,12 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> list
             raise LongtailError(f"propose --method solov2-free: the model in {model_dir} predicts no mask with score >= "
                                 f"annotation_free.freesolo.score_thr on any of the {len(images)} images; train longer "
                                 f"(annotation_free.freesolo.train.max_iters) or lower the threshold.")
-        return records
+        return records, []
     if method not in METHODS:
         raise LongtailError(f"annotation-free method {method!r} unknown; use one of {', '.join(METHODS)}")
 
     if method == "ucm":
-        from longtail.proposals.annotation_free.ucm import load_tree, ucm_proposals
+        from longtail.proposals.annotation_free.ucm import COLOR_TREES, load_tree, ucm_proposals
 
         uc = cfg["ucm"]
         # <tree_dir>/<split>/ (split = the propose output folder's name) or <tree_dir>/ itself
@@ -124,7 +125,16 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> list
                     raise
                 missing.append(im["file_name"])
                 continue
-            masks, scores = ucm_proposals(*tree, (int(im["height"]), int(im["width"])), **_ucm_kwargs(uc))
+            hw = (int(im["height"]), int(im["width"]))
+            rgb = None
+            if set(uc["extra_trees"]) & set(COLOR_TREES):   # colour hierarchies need the image
+                from longtail.proposals.annotation_free.backbone import load_image
+
+                rgb = load_image(image_path(im["file_name"]))
+                if rgb.shape[:2] != hw:
+                    raise LongtailError(f"{im['file_name']}: image is {rgb.shape[1]}x{rgb.shape[0]} but the dataset "
+                                        f"says {im['width']}x{im['height']}; fix the dataset JSON.")
+            masks, scores = ucm_proposals(*tree, hw, image=rgb, **_ucm_kwargs(uc))
         else:
             img = load_image(image_path(im["file_name"]))
             if img.shape[:2] != (int(im["height"]), int(im["width"])):
@@ -144,11 +154,14 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> list
     if not records:
         raise LongtailError(f"propose --method {method}: no proposal on any of the {len(images)} images; check "
                             f"annotation_free.{method.replace('-', '_')} thresholds and the backbone/UCM inputs.")
-    return records
+    missing_set = set(missing)
+    return records, sorted(int(im["id"]) for im in images if im["file_name"] in missing_set)
 
 
 def _ucm_kwargs(uc: dict) -> dict:
-    return {k: uc[k] for k in ("num_regions", "min_area_frac", "max_area_frac", "pairs", "max_masks")}
+    keys = ("num_regions", "pairs", "triples", "extra_trees", "min_area_frac", "max_area_frac", "area_exp",
+            "compact_exp", "nms_iou", "pre_nms", "max_masks")
+    return {k: uc[k] for k in keys}
 
 
 def _log_counts(run, method: str, records: list[dict], n_images: int, sec_per_image: float | None) -> None:

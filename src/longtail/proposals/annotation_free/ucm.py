@@ -1,12 +1,23 @@
-"""Object proposals from a UCM region tree (an MCG/COB-style baseline; regions as in Zhang et al. 2020).
+"""Object proposals from UCM region trees (MCG/COB-style, annotation-free; regions as in Zhang et al. 2020).
 
 The region tree T comes from the hierarchy stage (``longtail ucm``: OWT-UCM over superpixel leaves) or from a
-bare UCM (higra quasi-flat-zone hierarchy of the 4-adjacency pixel graph weighted by the UCM). Candidates are the regions of horizontal cuts of T with 2, 4, ..., 128
-regions (several levels), plus (optionally) unions of two adjacent regions of the coarser cuts (MCG's
-combinatorial pairs). A region's score is its persistence in T, altitude(parent) - altitude(region): the
-strength of its weakest outer boundary above its strongest inner one (a boundary-strength score that does not
-depend on the level). Candidates are filtered by area; duplicates (the same node at several cuts) are merged,
-and ``longtail propose`` applies mask NMS and top-K.
+bare UCM (:func:`tree_from_ucm`). Candidates (every one a union of leaves):
+
+* every node of T (area filter), plus the nodes of extra hierarchies rebuilt over the same leaves
+  (``extra_trees``, MCG's multiple groupings): hierarchical watersheds by area / volume of the leaf adjacency graph
+  weighted by T's saliency (the UCM value of each leaf boundary), Ward linkage of the leaves' mean Lab colour and
+  centroid, and average linkage of saliency + Lab colour distance;
+* unions of two / three adjacent regions of horizontal cuts of T (MCG's combinatorial pairs and triples).
+
+Score (no annotation used): boundary strength x area prior x compactness,
+``b * area_frac ** area_exp * (4 pi area / perimeter^2) ** compact_exp``, where ``b`` is the mean saliency of T
+along the candidate's outer boundary (UCM contrast), averaged for a tree node with the normalised altitude at
+which its own tree merges it away (persistence). The best ``pre_nms`` candidates go through greedy mask NMS at
+``nms_iou`` and the first ``max_masks`` are returned; ``longtail propose`` then applies its own NMS + top-K.
+
+All region algebra runs on leaves: a node is an interval of leaves in the depth-first order of its tree, areas,
+boundary lengths and boundary saliency sums are accumulated bottom-up (an edge between leaves a and b counts
++1 at a and b and -2 at their lowest common ancestor), so one image takes well under a second.
 """
 
 from __future__ import annotations
@@ -20,11 +31,17 @@ import torch.nn.functional as F
 
 from longtail.common.errors import LongtailError
 
+EXTRA_TREES = ("ws_area", "ws_volume", "ward_color", "avg_color")
+COLOR_TREES = ("ward_color", "avg_color")
+WARD_XY_WEIGHT = 0.3     # Ward linkage features: Lab (0..100) + this x centroid (pixels)
+AVG_COLOR_WEIGHT = 0.5   # average linkage weight: saliency + this x Lab distance / 100
+
 
 def tree_from_ucm(ucm: np.ndarray):
     """(parents, altitudes, leaf_labels) of a UCM given as ucm2 (2h+1, 2w+1) or a pixel boundary map (h, w).
 
-    The tree is higra's quasi-flat-zone hierarchy of the 4-adjacency pixel graph (leaves = pixels).
+    Leaves = the regions of the finest level (connected pixels not separated by a UCM value > 0); the tree is
+    the binary partition tree of their adjacency graph by single linkage on the UCM (same cuts as the UCM).
     """
     ucm = np.asarray(ucm, dtype=np.float64)
     if ucm.ndim != 2:
@@ -37,8 +54,14 @@ def tree_from_ucm(ucm: np.ndarray):
         graph = hg.get_4_adjacency_graph(ucm.shape)
         weights = hg.weight_graph(graph, ucm, hg.WeightFunction.max)
         shape = ucm.shape
-    tree, altitudes = hg.quasi_flat_zone_hierarchy(graph, weights)
-    return np.asarray(tree.parents()), np.asarray(altitudes), np.arange(shape[0] * shape[1]).reshape(shape)
+    qfz, alt = hg.quasi_flat_zone_hierarchy(graph, weights)
+    labels = np.asarray(hg.labelisation_horizontal_cut_from_threshold(qfz, alt, 0.0))
+    rag = hg.make_region_adjacency_graph_from_labelisation(graph, labels)
+    if rag.num_vertices() < 2:
+        return np.zeros(1, np.int64), np.zeros(1), np.zeros(shape, np.int64)
+    tree, alt2 = hg.bpt_canonical(rag, hg.rag_accumulate_on_edges(rag, hg.Accumulators.min, weights))
+    vmap = np.asarray(hg.CptRegionAdjacencyGraph.get_vertex_map(rag)).reshape(shape)
+    return np.asarray(tree.parents()), np.asarray(alt2, np.float64), vmap
 
 
 def _resize_labels(labels: np.ndarray, out_hw) -> np.ndarray:
@@ -48,70 +71,251 @@ def _resize_labels(labels: np.ndarray, out_hw) -> np.ndarray:
     return F.interpolate(t, size=tuple(out_hw), mode="nearest")[0, 0].long().numpy()
 
 
+class _Tree:
+    """One hierarchy over the shared leaves: DFS leaf intervals, areas, outer/inner boundary sums per node.
+
+    ``base`` (another _Tree over the same leaves): reuse its leaf map, leaf adjacency and saliency.
+    """
+
+    def __init__(self, parents, altitudes, leaf=None, base: _Tree | None = None):
+        self.tree = tree = hg.Tree(np.asarray(parents, dtype=np.int64))
+        self.alt = alt = np.asarray(altitudes, np.float64)
+        if len(alt) != tree.num_vertices():
+            raise LongtailError(f"region tree: {len(alt)} altitudes for {tree.num_vertices()} nodes")
+        self.par = par = np.asarray(tree.parents())
+        self.n, self.L, self.root = tree.num_vertices(), tree.num_leaves(), tree.root()
+        self.leaf = leaf = base.leaf if base is not None else leaf
+        if int(leaf.max()) + 1 > self.L:
+            raise LongtailError(f"region tree: leaf_labels has ids up to {int(leaf.max())} but the tree has "
+                                f"{self.L} leaves; rerun `longtail ucm`.")
+        self.n_px = leaf.size
+        L, n = self.L, self.n
+        nl = np.asarray(hg.accumulate_sequential(tree, np.ones(L), hg.Accumulators.sum)).astype(np.int64)
+        # depth-first leaf order: a node's leaves are positions [start, start + nl)
+        order = np.argsort(par[:-1], kind="stable")
+        sp, nlo = par[order], nl[order]
+        cum = np.cumsum(nlo)
+        first = np.r_[True, sp[1:] != sp[:-1]]
+        g0 = np.maximum.accumulate(np.where(first, np.arange(len(sp)), 0))
+        off = np.zeros(n)
+        off[order] = cum - nlo - (cum[g0] - nlo[g0])
+        start = np.asarray(hg.propagate_sequential_and_accumulate(tree, off, hg.Accumulators.sum)).round()
+        start = start.astype(np.int64)
+        start[self.root] = 0
+        self.start, self.end = start, start + nl
+        self.pos = start[:L]
+        self.la = base.la if base is not None else np.bincount(leaf.ravel(), minlength=L).astype(np.float64)
+        la_dfs = np.zeros(L)
+        la_dfs[self.pos] = self.la
+        self.cum_area = np.r_[0.0, np.cumsum(la_dfs)]
+        self.area = self.cum_area[self.end] - self.cum_area[self.start]
+        if base is None:
+            # pixel edges between different leaves -> (leaf a, leaf b, length); saliency = UCM value = LCA altitude
+            a = np.concatenate([leaf[:, :-1].ravel(), leaf[:-1].ravel()])
+            b = np.concatenate([leaf[:, 1:].ravel(), leaf[1:].ravel()])
+            m = a != b
+            key, cnt = np.unique(np.minimum(a[m], b[m]).astype(np.int64) * L + np.maximum(a[m], b[m]),
+                                 return_counts=True)
+            self.ea, self.eb, self.elen = key // L, key % L, cnt.astype(np.float64)
+            lca = np.asarray(hg.make_lca_fast(tree).lca(self.ea, self.eb)) if len(key) else np.zeros(0, np.int64)
+            self.eh = alt[lca] / max(alt[self.root], 1e-12)
+            border = np.zeros(L)
+            for side in (leaf[0], leaf[-1], leaf[1:-1, 0], leaf[1:-1, -1]):
+                np.add.at(border, side, 1.0)
+            self.leaf_border = border
+        else:
+            self.ea, self.eb, self.elen, self.eh = base.ea, base.eb, base.elen, base.eh
+            self.leaf_border = base.leaf_border
+            lca = np.asarray(hg.make_lca_fast(tree).lca(self.ea, self.eb)) if len(self.ea) else np.zeros(0, np.int64)
+        # outer boundary (length, saliency sum) of every node: +1 at both leaves, -2 at their LCA, summed up
+        olen, osum = np.zeros(n), np.zeros(n)
+        for v in (self.ea, self.eb):
+            np.add.at(olen, v, self.elen)
+            np.add.at(osum, v, self.elen * self.eh)
+        np.add.at(olen, lca, -2.0 * self.elen)
+        np.add.at(osum, lca, -2.0 * self.elen * self.eh)
+        self.blen, self.bsum = self._acc(olen), self._acc(osum)
+        self.border = np.asarray(hg.accumulate_sequential(tree, self.leaf_border, hg.Accumulators.sum))
+
+    def _acc(self, own: np.ndarray) -> np.ndarray:
+        return np.asarray(hg.accumulate_and_add_sequential(self.tree, own, own[:self.L], hg.Accumulators.sum))
+
+    def cut(self, n_regions: int) -> np.ndarray:
+        """Region (node id) of every leaf in the horizontal cut with at least ``n_regions`` regions."""
+        t = hg.HorizontalCutExplorer(self.tree, self.alt).horizontal_cut_from_num_regions(int(n_regions)).altitude()
+        inside = self.alt[self.par] <= t
+        inside[self.root] = False
+        return np.asarray(hg.propagate_sequential(self.tree, np.arange(self.n), inside))[:self.L]
+
+    def membership(self, S: np.ndarray, E: np.ndarray) -> np.ndarray:
+        """(n, L) bool leaf membership of candidates given as unions of DFS intervals [S, E) (n, k)."""
+        d = np.zeros((S.shape[0], self.L + 1), np.int16)
+        rows = np.arange(S.shape[0])
+        for k in range(S.shape[1]):
+            np.add.at(d, (rows, S[:, k]), 1)
+            np.add.at(d, (rows, E[:, k]), -1)
+        return (np.cumsum(d, axis=1, dtype=np.int16)[:, :self.L] > 0)[:, self.pos]
+
+
+def _extra_trees(base: _Tree, names, image: np.ndarray | None = None) -> list[_Tree]:
+    """Hierarchies rebuilt over ``base``'s leaves (``EXTRA_TREES``); colour trees need the RGB image."""
+    rag = hg.UndirectedGraph(base.L)
+    rag.add_edges(base.ea, base.eb)
+    col = None
+    out = []
+    for name in names:
+        if name not in EXTRA_TREES:
+            raise LongtailError(f"annotation_free.ucm.extra_trees: unknown tree {name!r}; use {', '.join(EXTRA_TREES)}")
+        if len(base.ea) == 0:
+            continue
+        if name == "ws_area":
+            t, a = hg.watershed_hierarchy_by_area(rag, base.eh, vertex_area=base.la)
+        elif name == "ws_volume":
+            t, a = hg.watershed_hierarchy_by_volume(rag, base.eh, vertex_area=base.la)
+        else:
+            if image is None:
+                raise LongtailError(f"annotation_free.ucm.extra_trees: {name} needs the image")
+            if image.shape[:2] != base.leaf.shape:
+                raise LongtailError(f"ucm: image is {image.shape[1]}x{image.shape[0]} but the proposals are "
+                                    f"{base.leaf.shape[1]}x{base.leaf.shape[0]}; fix the dataset JSON.")
+            if col is None:
+                from skimage import color
+
+                lab = color.rgb2lab(image[..., :3]).reshape(-1, 3)
+                lf = base.leaf.ravel()
+                col = np.stack([np.bincount(lf, weights=lab[:, k], minlength=base.L) for k in range(3)], 1)
+                col /= np.maximum(base.la, 1)[:, None]
+            if name == "ward_color":
+                yy, xx = np.mgrid[:base.leaf.shape[0], :base.leaf.shape[1]]
+                cy = np.bincount(base.leaf.ravel(), weights=yy.ravel(), minlength=base.L) / np.maximum(base.la, 1)
+                cx = np.bincount(base.leaf.ravel(), weights=xx.ravel(), minlength=base.L) / np.maximum(base.la, 1)
+                t, a = hg.binary_partition_tree_ward_linkage(rag, np.c_[col, WARD_XY_WEIGHT * cy, WARD_XY_WEIGHT * cx],
+                                                             base.la)
+            else:
+                dist = np.linalg.norm(col[base.ea] - col[base.eb], axis=1) / 100.0
+                t, a = hg.binary_partition_tree_average_linkage(rag, base.eh + AVG_COLOR_WEIGHT * dist, base.elen)
+        if t.num_leaves() != base.L:   # a disconnected leaf graph gives a forest; skip it
+            continue
+        out.append(_Tree(np.asarray(t.parents()), np.asarray(a, np.float64), base=base))
+    return out
+
+
+def _candidates(t: _Tree, lo: float, hi: float, *, cuts=(), pairs: int = 0, triples: int = 0):
+    """Candidates of one tree: (S, E) DFS intervals (n, 3), boundary strength b (n,), area (n,), perimeter (n,)."""
+    nodes = np.flatnonzero((t.area >= lo) & (t.area <= hi))
+    nodes = nodes[nodes != t.root]
+    top = max(t.alt[t.root], 1e-12)
+    mo = t.bsum[nodes] / np.maximum(t.blen[nodes], 1e-12)
+    # a node: mean of its outer boundary contrast and its persistence in its own tree
+    b = [0.5 * (mo + t.alt[t.par[nodes]] / top)]
+    S = [np.c_[t.start[nodes], np.zeros((len(nodes), 2), np.int64)]]
+    E = [np.c_[t.end[nodes], np.zeros((len(nodes), 2), np.int64)]]
+    area, perim = [t.area[nodes]], [t.blen[nodes] + t.border[nodes]]
+    seen: set[tuple] = set()
+    for n_reg in sorted({int(k) for k in cuts if int(k) <= max(pairs, triples)}):
+        reg = t.cut(n_reg)
+        ra, rb = reg[t.ea], reg[t.eb]
+        d = ra != rb
+        if not d.any():
+            continue
+        key, inv = np.unique(np.minimum(ra[d], rb[d]) * t.n + np.maximum(ra[d], rb[d]), return_inverse=True)
+        slen = np.bincount(inv, weights=t.elen[d])
+        ssum = np.bincount(inv, weights=(t.elen * t.eh)[d])
+        shared = {(int(k // t.n), int(k % t.n)): (sl, ss) for k, sl, ss in zip(key, slen, ssum)}
+        groups = []
+        if n_reg <= pairs:
+            groups += list(shared)
+        if n_reg <= triples:
+            nb: dict[int, set] = {}
+            for u, v in shared:
+                nb.setdefault(u, set()).add(v)
+                nb.setdefault(v, set()).add(u)
+            for c, vs in nb.items():
+                vs = sorted(vs)
+                groups += [tuple(sorted((c, vs[i], vs[j]))) for i in range(len(vs)) for j in range(i + 1, len(vs))]
+        for g in groups:
+            if g in seen:
+                continue
+            seen.add(g)
+            gl = list(g)
+            ar = t.area[gl].sum()
+            if not lo <= ar <= hi or (len(g) == 2 and t.par[g[0]] == t.par[g[1]]
+                                      and t.area[t.par[g[0]]] == ar):   # = their parent, already a node
+                continue
+            inner = [shared[p] for p in ((g[0], g[1]), (g[0], g[-1]), (g[1], g[-1]))[:1 if len(g) == 2 else 3]
+                     if p in shared]
+            sl = sum(x[0] for x in inner)
+            ss = sum(x[1] for x in inner)
+            bl = t.blen[gl].sum() - 2 * sl
+            b.append([(t.bsum[gl].sum() - 2 * ss) / max(bl, 1e-12)])
+            S.append([list(t.start[gl]) + [0] * (3 - len(gl))])
+            E.append([list(t.end[gl]) + [0] * (3 - len(gl))])
+            area.append([ar])
+            perim.append([bl + t.border[gl].sum()])
+    return (np.concatenate(S).astype(np.int64), np.concatenate(E).astype(np.int64), np.concatenate(b).astype(float),
+            np.concatenate(area).astype(float), np.concatenate(perim).astype(float))
+
+
+def _mask_nms(M: np.ndarray, la: np.ndarray, scores: np.ndarray, iou_thr: float, topk: int) -> np.ndarray:
+    """Greedy NMS on leaf-membership rows (IoU in pixels): kept row indices, by descending score."""
+    order = np.argsort(-scores, kind="stable")
+    Mo = M[order].astype(np.float32)
+    w = la.astype(np.float32)
+    area = Mo @ w
+    keep: list[int] = []
+    sup = np.zeros(len(order), bool)
+    for p in range(len(order)):
+        if sup[p]:
+            continue
+        keep.append(int(order[p]))
+        if len(keep) >= topk:
+            break
+        inter = Mo @ (w * Mo[p])
+        sup |= inter > iou_thr * (area + area[p] - inter)
+    return np.asarray(keep, np.int64)
+
+
 def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.ndarray, out_hw: tuple[int, int],
-                  *, num_regions=(2, 4, 8, 16, 32, 64, 128), min_area_frac: float = 0.001,
-                  max_area_frac: float = 0.95, pairs: int = 16, max_masks: int = 400
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(masks (n, H, W) bool, scores (n,)) from a region tree; masks at ``out_hw``.
+                  *, num_regions=(8, 16, 32, 64), pairs: int = 64, triples: int = 16, extra_trees=(),
+                  image: np.ndarray | None = None, min_area_frac: float = 0.0005, max_area_frac: float = 0.95,
+                  area_exp: float = 0.25, compact_exp: float = 0.5, nms_iou: float = 0.75, pre_nms: int = 1500,
+                  max_masks: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(masks (n, H, W) bool, scores (n,) in [0, 1], descending) from a region tree; masks at ``out_hw``.
 
     The tree: higra parent array over the leaves ``0..n_leaves-1`` (children before parents, root last),
     merge altitudes, and the (h, w) map of leaf ids (resized to ``out_hw`` if it differs).
-    ``pairs``: unions of two adjacent regions are added for cuts with at most this many regions (0 = none).
+    ``num_regions``: horizontal cuts of the tree whose adjacent regions form pairs (cuts with <= ``pairs``
+    regions) and triples (<= ``triples``); ``extra_trees``: names of :data:`EXTRA_TREES` (colour trees need
+    ``image``, RGB at ``out_hw``).
     """
-    tree = hg.Tree(np.asarray(parents, dtype=np.int64))
+    empty = np.zeros((0, *out_hw), bool), np.zeros(0)
     alt = np.asarray(altitudes, dtype=np.float64)
-    if len(alt) != tree.num_vertices():
-        raise LongtailError(f"region tree: {len(alt)} altitudes for {tree.num_vertices()} nodes")
-    top = float(alt[tree.root()])
-    if top <= 0:
-        return np.zeros((0, *out_hw), bool), np.zeros(0)
-    persistence = (alt[tree.parents()] - alt) / top
-    explorer = hg.HorizontalCutExplorer(tree, alt)
-    leaf_labels = _resize_labels(np.asarray(leaf_labels), out_hw)
-    n_px = out_hw[0] * out_hw[1]
-    root = tree.root()
-    seen: set[int] = set()
-    seen_pairs: set[tuple[int, int]] = set()
-    masks, scores = [], []
-    for n in sorted({int(k) for k in num_regions}):
-        cut = explorer.horizontal_cut_from_num_regions(n)
-        nodes = np.asarray(cut.nodes())
-        t = cut.altitude()
-        # every node whose parent lies inside a cut region takes that region's id (root-to-leaves propagation)
-        inside = alt[tree.parents()] <= t
-        inside[root] = False
-        node_of = np.asarray(hg.propagate_sequential(tree, np.arange(tree.num_vertices()), inside))
-        lab = node_of[leaf_labels]
-        areas = dict(zip(*(a.tolist() for a in np.unique(lab, return_counts=True))))
-        for v in nodes.tolist():
-            if v in seen or v == root or not (min_area_frac * n_px <= areas.get(v, 0) <= max_area_frac * n_px):
-                continue
-            seen.add(v)
-            masks.append(lab == v)
-            scores.append(float(persistence[v]))
-        if pairs and len(nodes) <= pairs:
-            for a, b in _adjacent_pairs(lab):
-                if (a, b) in seen_pairs or root in (a, b):
-                    continue
-                seen_pairs.add((a, b))
-                m = (lab == a) | (lab == b)
-                if min_area_frac * n_px <= m.sum() <= max_area_frac * n_px:
-                    masks.append(m)
-                    # a pair is only as good as its weaker member, and ranked below single regions
-                    scores.append(0.5 * min(float(persistence[a]), float(persistence[b])))
-    if not masks:
-        return np.zeros((0, *out_hw), bool), np.zeros(0)
-    order = np.argsort(-np.asarray(scores), kind="stable")[:max_masks]
-    return np.stack([masks[i] for i in order]), np.asarray(scores)[order]
-
-
-def _adjacent_pairs(lab: np.ndarray) -> list[tuple[int, int]]:
-    pairs = set()
-    for a, b in ((lab[:, :-1], lab[:, 1:]), (lab[:-1], lab[1:])):
-        diff = a != b
-        for u, v in zip(a[diff].ravel(), b[diff].ravel()):
-            pairs.add((int(min(u, v)), int(max(u, v))))
-    return sorted(pairs)
+    if len(alt) < 2 or float(alt[-1]) <= 0:
+        return empty
+    leaf = _resize_labels(np.asarray(leaf_labels), out_hw)
+    base = _Tree(parents, alt, leaf=leaf)
+    lo, hi = min_area_frac * base.n_px, max_area_frac * base.n_px
+    trees = [base] + _extra_trees(base, extra_trees, image)
+    cands = [_candidates(t, lo, hi, cuts=num_regions if t is base else (), pairs=pairs if t is base else 0,
+                         triples=triples if t is base else 0) for t in trees]
+    scores = []
+    for _, _, b, area, perim in cands:
+        compact = np.clip(4 * np.pi * area / np.maximum(perim, 1.0) ** 2, 0.0, 1.0)
+        scores.append(np.clip(b, 0, 1) * (area / base.n_px) ** area_exp * compact ** compact_exp)
+    allsc = np.concatenate(scores)
+    if len(allsc) == 0:
+        return empty
+    thr = np.sort(allsc)[::-1][min(pre_nms, len(allsc)) - 1]
+    Ms, ss = [], []
+    for t, (S, E, *_), s in zip(trees, cands, scores):
+        sel = np.flatnonzero(s >= thr)
+        if len(sel):
+            Ms.append(t.membership(S[sel], E[sel]))
+            ss.append(s[sel])
+    M, s = np.concatenate(Ms), np.concatenate(ss)
+    keep = _mask_nms(M, base.la, s, nms_iou, max_masks)
+    masks = M[keep][:, leaf]
+    return masks, s[keep]
 
 
 def load_tree(tree_dir: str | Path | list, image: dict):
