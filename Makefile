@@ -22,6 +22,8 @@ run: setup data  ## run the whole pipeline on the sample with the local Snakemak
 	snakemake --profile $(PROFILE)
 	@# record what Snakemake built in dvc.lock, so that `dvc repro` finds nothing to do
 	dvc commit -f -q
+	@# dvc commit re-links single-file outputs (new mtimes): mark the DAG current again for `snakemake -n`
+	snakemake --profile $(PROFILE) --touch -q
 	@echo
 	@echo "Results: $(CURDIR)/results/   (report: results/report/index.html when the report stage is built)"
 	@echo "MLflow:  $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}   ->  make mlflow-ui"
