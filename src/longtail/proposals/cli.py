@@ -117,27 +117,35 @@ def run_propose(args) -> int:
     return 0
 
 
-def run_eval(args) -> int:
+def _scored_inputs(args, verb: str) -> tuple[dict, dict, list[dict], set[int]]:
+    """(dataset, index, records, skipped ids) of --dataset / --proposals; images the proposal method skipped
+    (index.json ``images_skipped``, e.g. no region tree) are left out of the dataset."""
     from longtail.proposals.datasets import load_coco
-    from longtail.proposals.evaluation import evaluate_proposals
     from longtail.proposals.format import read_proposals
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "proposals")
     dataset = load_coco(args.dataset)
     index, records = read_proposals(args.proposals)
-    method = index.get("method", "?")
     skipped = set(index.get("images_skipped", []))
     if skipped:
-        log.warning("eval-proposals: %d of %d images were skipped by `propose --method %s` (index.json "
-                    "images_skipped, e.g. no region tree); they are left out of the evaluation", len(skipped),
-                    len(dataset["images"]), method)
+        log.warning("%s: %d of %d images were skipped by `propose --method %s` (index.json images_skipped, e.g. "
+                    "no region tree); they are left out", verb, len(skipped), len(dataset["images"]),
+                    index.get("method", "?"))
         keep = [im for im in dataset["images"] if im["id"] not in skipped]
         if not keep:
             raise LongtailError(f"{args.proposals}: every image of {args.dataset} was skipped by the proposal "
                                 f"method; nothing to evaluate")
         dataset = {**dataset, "images": keep,
                    "annotations": [a for a in dataset["annotations"] if a["image_id"] not in skipped]}
+    return dataset, index, records, skipped
+
+
+def run_eval(args) -> int:
+    from longtail.proposals.evaluation import evaluate_proposals
+
+    params = load_params(args.params, args.overrides)
+    cfg = section(params, "proposals")
+    dataset, index, records, skipped = _scored_inputs(args, "eval-proposals")
+    method = index.get("method", "?")
     with stage_run("eval-proposals", params=cfg, all_params=params,
                    run_name=f"eval-proposals/{method}/{_split_name(args.proposals)}",
                    tags={"method": method, "split": _split_name(args.proposals)}) as run:
@@ -173,14 +181,11 @@ def run_train(args) -> int:
 
 
 def run_error_analysis(args) -> int:
-    from longtail.proposals.datasets import load_coco
     from longtail.proposals.error_analysis import error_analysis
-    from longtail.proposals.format import read_proposals
 
     params = load_params(args.params, args.overrides)
     cfg = section(params, "proposals")
-    dataset = load_coco(args.dataset)
-    index, records = read_proposals(args.proposals)
+    dataset, index, records, _ = _scored_inputs(args, "error-analysis")
     method = index.get("method", "?")
     with stage_run("error-analysis", params=cfg, all_params=params,
                    run_name=f"error-analysis/{method}/{_split_name(args.proposals)}", tags={"method": method}) as run:
