@@ -41,6 +41,55 @@ def test_tree_distances_and_eq2_eq3():
     assert pos[0] > pos[1] > pos[2] and neg[2] > neg[1]
 
 
+def test_region_distance_scales():
+    t = _toy_tree()
+    np.testing.assert_allclose(pe.region_distances(t, "raw"), t.leaf_distances())
+    mm = pe.region_distances(t, "minmax")                  # heights 0.2 / 0.4 / 0.9 -> 0 / 2/7 / 1
+    np.testing.assert_allclose(mm[0], [0, 0, 1, 1])
+    np.testing.assert_allclose(mm[2], [1, 1, 0, 2 / 7])
+    rk = pe.region_distances(t, "rank")                    # ranks of the 3 merges
+    np.testing.assert_allclose(rk[0], [0, 1 / 3, 1, 1])
+    np.testing.assert_allclose(rk[3], [1, 1, 2 / 3, 0])
+    with pytest.raises(Exception, match="normalisation"):
+        pe.region_distances(t, "zscore")
+
+
+class _GTNet(torch.nn.Module):
+    """Stub embedding: one-hot of a fixed label map at 1/4 of the input (whatever the image)."""
+
+    def __init__(self, labels: np.ndarray):
+        super().__init__()
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+
+    def forward(self, x):
+        h, w = (x.shape[-2] + 3) // 4, (x.shape[-1] + 3) // 4
+        lab = self.labels[None, None].float()
+        lab = torch.nn.functional.interpolate(lab, size=(h, w), mode="nearest")[0, 0].long()
+        return torch.nn.functional.one_hot(lab, int(self.labels.max()) + 1).permute(2, 0, 1)[None].float()
+
+
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters")
+def test_evaluate_segments_k_grid_picks_the_right_k():
+    """k-means of an embedding that is the one-hot of a human segmentation: covering ODS over the k grid is
+    reached at that segmentation's region count and is near its covering vs all the humans."""
+    from longtail.hierarchy import bench
+    from longtail.hierarchy.images import load_rgb
+
+    gt = bench.load_groundtruth(SAMPLE / "groundTruth" / "2018.mat")
+    rgb = load_rgb(SAMPLE / "images" / "2018.jpg", 32)
+    segs = sorted(gt.segmentations, key=lambda g: len(np.unique(g)))
+    lab = segs[0] - segs[0].min()                          # the coarsest human segmentation
+    n = len(np.unique(lab))
+    assert 2 < n < 16
+    ref = bench.collect_region([bench.region_counts([lab + 1], gt)], np.array([0.5]))["covering_ODS"]
+    grid = sorted({2, n, 16})
+    m = pe.evaluate_segments(_GTNet(lab), [(rgb, gt)], grid, max_side=481)
+    assert m["k"] == n and m["curve"]["k"] == grid
+    assert m["covering"] == pytest.approx(ref, abs=0.03)
+    assert m["covering"] == max(m["curve"]["covering"]) and m["covering_OIS"] == pytest.approx(m["covering"])
+    assert pe.eval_k_grid(16) == [2, 3, 4, 6, 8, 12, 16] and pe.eval_k_grid(5) == [2, 3, 4, 5]
+
+
 def test_sampled_pairs_follow_the_regions_and_both_views_see_the_same_pixels():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
@@ -130,6 +179,7 @@ def test_train_verb_checkpoint_resume_and_load(tmp_path):
     m = json.loads(metrics.read_text())
     assert m["steps"] == 3 and m["n_train_images"] == 2 and 0 < m["trained"]["covering"] <= 1
     assert 0 < m["random_init"]["covering"] <= 1
+    assert m["trained"]["curve"]["k"] == [2, 3, 4] and m["trained"]["k"] in (2, 3, 4)
     net = pe.load_pixel_embedding(out)
     assert not net.training
     assert torch.equal(net.backbone.conv1.weight, second["backbone"]["conv1.weight"])

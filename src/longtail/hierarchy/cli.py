@@ -289,7 +289,8 @@ def run_train(args) -> int:
 
     from longtail.hierarchy import bench
     from longtail.hierarchy.images import list_images, load_rgb
-    from longtail.hierarchy.pixel_embedding import PixelEmbeddingNet, evaluate_segments, train_pixel_embedding
+    from longtail.hierarchy.pixel_embedding import (PixelEmbeddingNet, eval_k_grid, evaluate_segments,
+                                                    train_pixel_embedding)
 
     params, cfg = _cfg(args)
     pc = cfg["pixel_embedding"]
@@ -307,8 +308,9 @@ def run_train(args) -> int:
                                             on_step=lambda s, v: run.log_metrics({"loss": v}, step=s))
         torch.manual_seed(params["seed"])
         rand = PixelEmbeddingNet(dim=pc["dim"], proj=pc["proj"]).eval()
-        m_trained = evaluate_segments(net, ev, pc["eval_k"], params["seed"])
-        m_random = evaluate_segments(rand, ev, pc["eval_k"], params["seed"])
+        ks = eval_k_grid(pc["eval_k"])
+        m_trained = evaluate_segments(net, ev, ks, params["seed"])
+        m_random = evaluate_segments(rand, ev, ks, params["seed"])
         import shutil
 
         from longtail.common.io import atomic_path
@@ -322,6 +324,7 @@ def run_train(args) -> int:
                    "covering_gain": m_trained["covering"] - m_random["covering"]}
         run.write_metrics(args.metrics, metrics)
         print(f"train-pixel-embedding: loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}; "
-              f"k-means covering on BSDS val: trained {m_trained['covering']:.4f} vs random init "
-              f"{m_random['covering']:.4f}")
+              f"k-means covering (ODS over k = {ks}) on {len(ev)} BSDS val images: trained "
+              f"{m_trained['covering']:.4f} (k={m_trained['k']}) vs random init {m_random['covering']:.4f} "
+              f"(k={m_random['k']})")
     return 0

@@ -110,6 +110,31 @@ def pair_probabilities(d: np.ndarray, a: int, sigma_p: float) -> tuple[np.ndarra
     return pos, neg
 
 
+def region_distances(tree, norm: str = "raw") -> np.ndarray:
+    """d_T between the finest regions of ``tree`` on the scale Eq. 2/3 are applied to.
+
+    ``raw``: the UCM merge heights as they are. ``minmax``: the off-diagonal heights stretched to [0, 1] per tree
+    (lowest merge -> 0, root -> 1). ``rank``: each merge height replaced by its rank among the tree's merges,
+    in (0, 1]. Both rescalings keep the hierarchy (a monotone map of an ultrametric is an ultrametric); they
+    are needed because HED-based OWT-UCM heights of a 40-region tree crowd into ~[0.77, 0.97], where
+    exp(-d/0.8) is nearly flat and Eq. 2/3 degenerate to uniform sampling over regions.
+    """
+    d = tree.leaf_distances()
+    if norm == "raw" or d.shape[0] < 2:
+        return d
+    off = ~np.eye(d.shape[0], dtype=bool)
+    if norm == "minmax":
+        lo, hi = d[off].min(), d[off].max()
+        out = (d - lo) / (hi - lo) if hi > lo else np.ones_like(d)
+    elif norm == "rank":
+        vals = np.unique(d[off])
+        out = (np.searchsorted(vals, d) + 1) / len(vals)
+    else:
+        raise LongtailError(f"unknown region distance normalisation {norm!r} (raw | minmax | rank)")
+    out[~off] = 0.0
+    return out
+
+
 def _random_box(rng, h, w, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
     area = h * w
     for _ in range(10):
@@ -161,8 +186,11 @@ def _to_grid(xy, box, flip):
 
 
 def sample_image(rgb: np.ndarray, tree, rng: np.random.Generator, size: int = 224, n_regions: int = 7,
-                 n_pos: int = 10, n_neg: int = 5, sigma_p: float = 0.8, jitter: float = 0.4) -> Sample | None:
-    """Two augmented views of one image and the pixel pairs of Eq. 2/3 drawn from its region tree."""
+                 n_pos: int = 10, n_neg: int = 5, sigma_p: float = 0.8, jitter: float = 0.4,
+                 dist: np.ndarray | None = None) -> Sample | None:
+    """Two augmented views of one image and the pixel pairs of Eq. 2/3 drawn from its region tree.
+
+    ``dist``: the (n_leaves, n_leaves) d_T to use (``region_distances``); default the raw UCM heights."""
     h, w = rgb.shape[:2]
     box_a = _random_box(rng, h, w)
     box_b = _jitter_box(rng, box_a, h, w)
@@ -178,7 +206,7 @@ def sample_image(rgb: np.ndarray, tree, rng: np.random.Generator, size: int = 22
     present = np.unique(labels)
     if len(present) < 2:
         return None
-    d = tree.leaf_distances()
+    d = tree.leaf_distances() if dist is None else dist
     d = d[np.ix_(present, present)]
     lab_local = np.searchsorted(present, labels)
     pix = [np.flatnonzero(lab_local.ravel() == k) for k in range(len(present))]
@@ -305,6 +333,8 @@ def train_pixel_embedding(data: list[tuple[np.ndarray, object]], cfg: dict, ckpt
             for _ in range(start):
                 sched.step()
     net.train()
+    norm = cfg.get("distance_norm", "raw")
+    dists = [region_distances(tree, norm) for _, tree in data]
     config = {"dim": cfg["dim"], "proj": cfg["proj"], "key": key}
     for step in tqdm(range(start, cfg["steps"]), desc="train-pixel-embedding", disable=not progress,
                      initial=start, total=cfg["steps"]):
@@ -312,10 +342,11 @@ def train_pixel_embedding(data: list[tuple[np.ndarray, object]], cfg: dict, ckpt
         gen = torch.Generator().manual_seed(seed * 100003 + step)
         batch = []
         while len(batch) < cfg["batch_size"]:
-            rgb, tree = data[int(rng.integers(len(data)))]
+            j = int(rng.integers(len(data)))
+            rgb, tree = data[j]
             s = sample_image(rgb, tree, rng, size=cfg["crop_size"], n_regions=cfg["regions_per_image"],
                              n_pos=cfg["positives"], n_neg=cfg["negatives"], sigma_p=cfg["sigma_p"],
-                             jitter=cfg["color_jitter"])
+                             jitter=cfg["color_jitter"], dist=dists[j])
             if s is not None:
                 batch.append(s)
         va = torch.stack([b.view_a for b in batch])
@@ -338,15 +369,32 @@ def train_pixel_embedding(data: list[tuple[np.ndarray, object]], cfg: dict, ckpt
     return net.eval(), losses
 
 
-def evaluate_segments(net: PixelEmbeddingNet, items: list[tuple[np.ndarray, object]], k: int, seed: int = 0,
+K_GRID = (2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def eval_k_grid(max_k: int) -> list[int]:
+    """The k-means k values scored for ``hierarchy.pixel_embedding.eval_k`` = ``max_k``: K_GRID up to it."""
+    return [k for k in K_GRID if k < max_k] + [int(max_k)]
+
+
+def evaluate_segments(net: PixelEmbeddingNet, items: list[tuple[np.ndarray, object]], k, seed: int = 0,
                       max_side: int = 320) -> dict:
-    """K-means segments of the embeddings vs BSDS ground truth: covering (ODS = OIS with one segmentation
-    per image), PRI and VI (``bench.region_counts`` / ``collect_region``)."""
+    """K-means segments of the (L2-normalised) embeddings vs BSDS ground truth (``bench.region_counts`` /
+    ``collect_region``).
+
+    ``k``: one number of clusters, or a list of them (each image is clustered at every k; like the UCM
+    thresholds of the BSDS benchmark, ODS = the one k best for the whole set, OIS = the best k per image).
+    Returns covering / PRI / VI at ODS (``covering`` ...), ``k`` (the ODS k), ``covering_OIS`` and ``curve``.
+    """
     from longtail.hierarchy import bench
 
+    ks = [int(k)] if np.ndim(k) == 0 else [int(x) for x in k]
     per = []
     for rgb, gt in items:
-        seg = kmeans_segments(embed_image(net, rgb, max_side), rgb.shape[:2], k, seed)
-        per.append(bench.region_counts([seg], gt))
-    r = bench.collect_region(per, np.array([0.5]))
-    return {"covering": r["covering_ODS"], "PRI": r["PRI_ODS"], "VI": r["VI_ODS"]}
+        emb = embed_image(net, rgb, max_side)
+        per.append(bench.region_counts([kmeans_segments(emb, rgb.shape[:2], kk, seed) for kk in ks], gt))
+    r = bench.collect_region(per, np.array(ks, float))
+    return {"covering": r["covering_ODS"], "PRI": r["PRI_ODS"], "VI": r["VI_ODS"],
+            "k": int(r["covering_ODS_threshold"]), "covering_OIS": r["covering_OIS"],
+            "curve": {"k": ks, "covering": r["curve"]["covering"], "PRI": r["curve"]["PRI"],
+                      "VI": r["curve"]["VI"]}}
