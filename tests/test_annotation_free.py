@@ -251,7 +251,7 @@ def test_ucm_region_algebra_matches_brute_force():
         return mask.sum(), length, (eh[bh].sum() + ev[bv].sum()) / max(length, 1), border
 
     rng = np.random.default_rng(0)
-    S, E, b, area, perim = _candidates(base, 0.001 * n_px, 0.95 * n_px, cuts=(8, 16), pairs=16, triples=8)
+    S, E, b, area, perim, on_border = _candidates(base, 0.001 * n_px, 0.95 * n_px, cuts=(8, 16), pairs=16, triples=8)
     node_ids = np.flatnonzero((base.area >= 0.001 * n_px) & (base.area <= 0.95 * n_px))   # root: area n_px
     n_nodes = len(node_ids)
     kinds = {"node": rng.choice(n_nodes, 25, replace=False),
@@ -262,7 +262,7 @@ def test_ucm_region_algebra_matches_brute_force():
     for kind, rows in kinds.items():
         for r in rows:
             a, length, mean_ucm, border = brute(masks[r])
-            assert area[r] == a and perim[r] == length + border
+            assert area[r] == a and perim[r] == length + border and on_border[r] == border
             if kind == "union":
                 assert abs(b[r] - mean_ucm) < 1e-9                      # outer-boundary contrast
                 n_parts = int((E[r] > S[r]).sum())
@@ -293,7 +293,7 @@ def test_ucm_proposals_nms_and_scores():
     hw = segs[0].shape
     img = load_image(next((BSDS / "images/val").glob(f"{BSDS_IDS[2]}.*")))
     masks, scores = ucm_proposals(*tree_from_ucm(ucm2), hw, image=img, extra_trees=["ws_area", "ward_color"],
-                                  nms_iou=0.6, max_masks=40)
+                                  nms_iou=0.6, max_masks=40, fill_holes=False, dilate_px=0)
     assert len(masks) == 40 and masks.shape[1:] == hw
     assert np.all(np.diff(scores) <= 0) and 0 < scores.min() and scores.max() <= 1
     area = masks.reshape(len(masks), -1).sum(1)
@@ -301,8 +301,41 @@ def test_ucm_proposals_nms_and_scores():
     iou = mask_iou_matrix([encode_mask(m) for m in masks], [encode_mask(m) for m in masks])
     np.fill_diagonal(iou, 0)
     assert iou.max() <= 0.6 + 1e-6
+    # post-processing: the same proposals with holes filled, then dilated by 1 px (4-connected)
+    from scipy import ndimage as ndi
+
+    post, post_scores = ucm_proposals(*tree_from_ucm(ucm2), hw, image=img, extra_trees=["ws_area", "ward_color"],
+                                      nms_iou=0.6, max_masks=40, fill_holes=True, dilate_px=1)
+    assert np.array_equal(post_scores, scores)
+    cross = ndi.generate_binary_structure(2, 1)
+    for m, p in zip(masks, post):
+        assert np.array_equal(p, ndi.binary_dilation(ndi.binary_fill_holes(m), cross))
+    assert sum(int(p.sum() - m.sum()) for m, p in zip(masks, post)) > 0
     with pytest.raises(LongtailError, match="needs the image"):
         ucm_proposals(*tree_from_ucm(ucm2), hw, extra_trees=["avg_color"])
+
+
+def test_ucm_border_prior_scales_scores_by_the_inner_share_of_the_outline():
+    """score(border_exp=1) = score(border_exp=0) x (1 - outline pixels on the image border / outline length)."""
+    ucm2, segs = _bsds(BSDS_IDS[2])
+    hw = segs[0].shape
+    tree = tree_from_ucm(ucm2)
+    m0, s0 = ucm_proposals(*tree, hw, border_exp=0.0, max_masks=300, fill_holes=False, dilate_px=0)
+    m1, s1 = ucm_proposals(*tree, hw, border_exp=1.0, max_masks=300, fill_holes=False, dilate_px=0)
+    ref = {m.tobytes(): s for m, s in zip(m0, s0)}
+    checked = touching = 0
+    for m, s in zip(m1, s1):
+        if m.tobytes() not in ref:
+            continue
+        length = (m[:, :-1] != m[:, 1:]).sum() + (m[:-1] != m[1:]).sum()
+        border = m[0].sum() + m[-1].sum() + m[1:-1, 0].sum() + m[1:-1, -1].sum()
+        assert s == pytest.approx(ref[m.tobytes()] * (1 - border / (length + border)), rel=1e-9)
+        checked += 1
+        touching += border > 0
+    assert checked >= 50 and touching >= 10
+    # the prior moves border-hugging regions down the ranking
+    frac = [np.mean([(m[0].sum() + m[-1].sum() + m[:, 0].sum() + m[:, -1].sum()) > 0 for m in ms[:50]]) for ms in (m0, m1)]
+    assert frac[1] < frac[0]
 
 
 # ---- `longtail propose --method ...` end to end ------------------------------------------------------------

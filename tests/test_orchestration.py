@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -115,3 +116,24 @@ def test_coco_lvis_experiment_plans_on_slurm():
     assert counts["propose"] == "6" and counts["propose_solov2_free"] == "1"
     block = out[out.index("rule train_proposals:"):]
     assert "gpu=1" in block[:block.index("Shell command")]
+
+
+def test_ucm_multiscale_experiment_plans_multiscale_trees():
+    """The issue-6 best-method override validates and reaches the edges job with three HED scales."""
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "-p", "--profile", "workflow/profiles/local",
+                        "results/proposals/ucm/metrics_val.json",
+                        "--configfile", "workflow/experiments/ucm_multiscale.yaml"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+    assert counts["hierarchy_edges"] == "1" and counts["propose_ucm"] == "1"
+    # every longtail job reads the merged config (LONGTAIL_CONFIG, rules/common.smk)
+    merged = subprocess.run([str(BIN / "python"), "-c",
+                             "import yaml, json; from snakemake.utils import update_config; "
+                             "c = yaml.safe_load(open('params.yaml')); "
+                             "update_config(c, yaml.safe_load(open('workflow/experiments/ucm_multiscale.yaml'))); "
+                             "print(json.dumps(c['hierarchy']['edges']))"], cwd=REPO, capture_output=True, text=True)
+    edges = json.loads(merged.stdout)
+    assert edges["scales"] == [0.5, 1.0, 1.5] and edges["max_images"] is None and edges["batch_size"] == 4

@@ -9,8 +9,9 @@ bare UCM (:func:`tree_from_ucm`). Candidates (every one a union of leaves):
   centroid, and average linkage of saliency + Lab colour distance;
 * unions of two / three adjacent regions of horizontal cuts of T (MCG's combinatorial pairs and triples).
 
-Score (no annotation used): boundary strength x area prior x compactness,
-``b * area_frac ** area_exp * (4 pi area / perimeter^2) ** compact_exp``, where ``b`` is the mean saliency of T
+Score (no annotation used): boundary strength x area prior x compactness x border prior,
+``b * area_frac ** area_exp * (4 pi area / perimeter^2) ** compact_exp * (1 - border_len / perimeter) ** border_exp``
+(regions whose outline runs along the image border are mostly background "stuff"), where ``b`` is the mean saliency of T
 along the candidate's outer boundary (UCM contrast), averaged for a tree node with the normalised altitude at
 which its own tree merges it away (persistence). The best ``pre_nms`` candidates go through greedy mask NMS at
 ``nms_iou`` and the first ``max_masks`` are returned; ``longtail propose`` then applies its own NMS + top-K.
@@ -201,7 +202,8 @@ def _extra_trees(base: _Tree, names, image: np.ndarray | None = None) -> list[_T
 
 
 def _candidates(t: _Tree, lo: float, hi: float, *, cuts=(), pairs: int = 0, triples: int = 0):
-    """Candidates of one tree: (S, E) DFS intervals (n, 3), boundary strength b (n,), area (n,), perimeter (n,)."""
+    """Candidates of one tree: (S, E) DFS intervals (n, 3), boundary strength b (n,), area (n,), perimeter (n,),
+    length of perimeter on the image border (n,)."""
     nodes = np.flatnonzero((t.area >= lo) & (t.area <= hi))
     nodes = nodes[nodes != t.root]
     top = max(t.alt[t.root], 1e-12)
@@ -210,7 +212,7 @@ def _candidates(t: _Tree, lo: float, hi: float, *, cuts=(), pairs: int = 0, trip
     b = [0.5 * (mo + t.alt[t.par[nodes]] / top)]
     S = [np.c_[t.start[nodes], np.zeros((len(nodes), 2), np.int64)]]
     E = [np.c_[t.end[nodes], np.zeros((len(nodes), 2), np.int64)]]
-    area, perim = [t.area[nodes]], [t.blen[nodes] + t.border[nodes]]
+    area, perim, border = [t.area[nodes]], [t.blen[nodes] + t.border[nodes]], [t.border[nodes]]
     seen: set[tuple] = set()
     for n_reg in sorted({int(k) for k in cuts if int(k) <= max(pairs, triples)}):
         reg = t.cut(n_reg)
@@ -252,8 +254,9 @@ def _candidates(t: _Tree, lo: float, hi: float, *, cuts=(), pairs: int = 0, trip
             E.append([list(t.end[gl]) + [0] * (3 - len(gl))])
             area.append([ar])
             perim.append([bl + t.border[gl].sum()])
+            border.append([t.border[gl].sum()])
     return (np.concatenate(S).astype(np.int64), np.concatenate(E).astype(np.int64), np.concatenate(b).astype(float),
-            np.concatenate(area).astype(float), np.concatenate(perim).astype(float))
+            np.concatenate(area).astype(float), np.concatenate(perim).astype(float), np.concatenate(border).astype(float))
 
 
 def _mask_nms(M: np.ndarray, la: np.ndarray, scores: np.ndarray, iou_thr: float, topk: int) -> np.ndarray:
@@ -278,15 +281,18 @@ def _mask_nms(M: np.ndarray, la: np.ndarray, scores: np.ndarray, iou_thr: float,
 def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.ndarray, out_hw: tuple[int, int],
                   *, num_regions=(8, 16, 32, 64), pairs: int = 64, triples: int = 16, extra_trees=(),
                   image: np.ndarray | None = None, min_area_frac: float = 0.0005, max_area_frac: float = 0.95,
-                  area_exp: float = 0.25, compact_exp: float = 0.5, nms_iou: float = 0.75, pre_nms: int = 1500,
-                  max_masks: int = 100) -> tuple[np.ndarray, np.ndarray]:
+                  area_exp: float = 0.2, compact_exp: float = 0.5, border_exp: float = 1.0, nms_iou: float = 0.75,
+                  pre_nms: int = 1500, max_masks: int = 100, fill_holes: bool = True,
+                  dilate_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(masks (n, H, W) bool, scores (n,) in [0, 1], descending) from a region tree; masks at ``out_hw``.
 
     The tree: higra parent array over the leaves ``0..n_leaves-1`` (children before parents, root last),
     merge altitudes, and the (h, w) map of leaf ids (resized to ``out_hw`` if it differs).
     ``num_regions``: horizontal cuts of the tree whose adjacent regions form pairs (cuts with <= ``pairs``
     regions) and triples (<= ``triples``); ``extra_trees``: names of :data:`EXTRA_TREES` (colour trees need
-    ``image``, RGB at ``out_hw``).
+    ``image``, RGB at ``out_hw``). The returned masks have their holes filled (``fill_holes``) and can be dilated by
+    ``dilate_px`` pixels (4-connected; the watershed gives each boundary pixel to one side only, while COCO-style
+    polygon masks include the object's outline).
     """
     empty = np.zeros((0, *out_hw), bool), np.zeros(0)
     alt = np.asarray(altitudes, dtype=np.float64)
@@ -299,9 +305,11 @@ def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.nd
     cands = [_candidates(t, lo, hi, cuts=num_regions if t is base else (), pairs=pairs if t is base else 0,
                          triples=triples if t is base else 0) for t in trees]
     scores = []
-    for _, _, b, area, perim in cands:
+    for _, _, b, area, perim, border in cands:
         compact = np.clip(4 * np.pi * area / np.maximum(perim, 1.0) ** 2, 0.0, 1.0)
-        scores.append(np.clip(b, 0, 1) * (area / base.n_px) ** area_exp * compact ** compact_exp)
+        inside = np.clip(1.0 - border / np.maximum(perim, 1.0), 0.0, 1.0)   # share of the outline not on the image border
+        scores.append(np.clip(b, 0, 1) * (area / base.n_px) ** area_exp * compact ** compact_exp
+                      * inside ** border_exp)
     allsc = np.concatenate(scores)
     if len(allsc) == 0:
         return empty
@@ -315,6 +323,19 @@ def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.nd
     M, s = np.concatenate(Ms), np.concatenate(ss)
     keep = _mask_nms(M, base.la, s, nms_iou, max_masks)
     masks = M[keep][:, leaf]
+    if fill_holes or dilate_px:
+        from scipy import ndimage as ndi
+
+        cross = ndi.generate_binary_structure(2, 1)
+        H, W = out_hw
+        for m in masks:   # on the mask's box grown by dilate_px (same result as on the whole image, much faster)
+            ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            y0, y1 = max(ys[0] - dilate_px, 0), min(ys[-1] + dilate_px + 1, H)
+            x0, x1 = max(xs[0] - dilate_px, 0), min(xs[-1] + dilate_px + 1, W)
+            crop = m[y0:y1, x0:x1]
+            if fill_holes:
+                crop = ndi.binary_fill_holes(crop)
+            m[y0:y1, x0:x1] = ndi.binary_dilation(crop, cross, iterations=dilate_px) if dilate_px else crop
     return masks, s[keep]
 
 
