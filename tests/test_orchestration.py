@@ -103,15 +103,20 @@ def test_configfile_overlay_reaches_the_cli(tmp_path):
     assert m["num_base_categories"] == 2 and m["num_novel_categories"] == 78
 
 
-def test_coco_lvis_experiment_plans_on_slurm():
-    """The paper at scale: the experiment file + SLURM profile give the full grid with GPU requests."""
+def _dry_run_experiment(profile: str, target: str, experiment: str) -> tuple[str, dict]:
+    """`snakemake -n --forceall` of ``target`` with an experiment file: (output, job counts per rule)."""
     env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    r = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "--profile", "workflow/profiles/slurm", "all",
-                        "--configfile", "workflow/experiments/coco_lvis.yaml"], cwd=REPO, env=env,
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "--profile", f"workflow/profiles/{profile}", target,
+                        "--configfile", f"workflow/experiments/{experiment}"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+    return out, dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+
+
+def test_coco_lvis_experiment_plans_on_slurm():
+    """The paper at scale: the experiment file + SLURM profile give the full grid with GPU requests."""
+    out, counts = _dry_run_experiment("slurm", "all", "coco_lvis.yaml")
     assert counts["train_embedding"] == "11" and counts["train_proposals"] == "3"
     assert counts["propose"] == "6" and counts["propose_solov2_free"] == "1"
     block = out[out.index("rule train_proposals:"):]
@@ -119,21 +124,6 @@ def test_coco_lvis_experiment_plans_on_slurm():
 
 
 def test_ucm_multiscale_experiment_plans_multiscale_trees():
-    """The issue-6 best-method override validates and reaches the edges job with three HED scales."""
-    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    r = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "-p", "--profile", "workflow/profiles/local",
-                        "results/proposals/ucm/metrics_val.json",
-                        "--configfile", "workflow/experiments/ucm_multiscale.yaml"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
-    assert counts["hierarchy_edges"] == "1" and counts["propose_ucm"] == "1"
-    # every longtail job reads the merged config (LONGTAIL_CONFIG, rules/common.smk)
-    merged = subprocess.run([str(BIN / "python"), "-c",
-                             "import yaml, json; from snakemake.utils import update_config; "
-                             "c = yaml.safe_load(open('params.yaml')); "
-                             "update_config(c, yaml.safe_load(open('workflow/experiments/ucm_multiscale.yaml'))); "
-                             "print(json.dumps(c['hierarchy']['edges']))"], cwd=REPO, capture_output=True, text=True)
-    edges = json.loads(merged.stdout)
-    assert edges["scales"] == [0.5, 1.0, 1.5] and edges["max_images"] is None and edges["batch_size"] == 4
+    """The issue-6 best-method override passes the params schema and plans edges -> ucm -> propose ucm."""
+    _, counts = _dry_run_experiment("local", "results/proposals/ucm/metrics_val.json", "ucm_multiscale.yaml")
+    assert counts["hierarchy_edges"] == "1" and counts["hierarchy_ucm"] == "1" and counts["propose_ucm"] == "1"
