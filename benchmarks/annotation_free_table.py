@@ -84,6 +84,7 @@ def upper_bound(args) -> None:
     from longtail.proposals.annotation_free.backbone import load_image
     from longtail.proposals.annotation_free.ucm import (
         _candidates,
+        candidate_scores,
         _extra_trees,
         _resize_labels,
         _Tree,
@@ -121,14 +122,14 @@ def upper_bound(args) -> None:
         ious, scores = [], []
         lo, hi = uc["min_area_frac"] * base.n_px, uc["max_area_frac"] * base.n_px
         for t in trees:
-            S, E, b, area, perim = _candidates(t, lo, hi, cuts=uc["num_regions"] if t is base else (),
-                                               pairs=uc["pairs"] if t is base else 0,
-                                               triples=uc["triples"] if t is base else 0)
+            S, E, b, area, perim, border = _candidates(t, lo, hi, cuts=uc["num_regions"] if t is base else (),
+                                                       pairs=uc["pairs"] if t is base else 0,
+                                                       triples=uc["triples"] if t is base else 0)
             M = t.membership(S, E).astype(np.float32)
             inter = M @ G
             ious.append(inter / (area[:, None] + ga[None] - inter))
-            compact = np.clip(4 * np.pi * area / np.maximum(perim, 1.0) ** 2, 0, 1)
-            scores.append(np.clip(b, 0, 1) * (area / base.n_px) ** uc["area_exp"] * compact ** uc["compact_exp"])
+            scores.append(candidate_scores(b, area, perim, border, base.n_px, uc["area_exp"], uc["compact_exp"],
+                                           uc["border_exp"]))
         iou, sc = np.concatenate(ious), np.concatenate(scores)
         rows["all candidates"] += iou.max(0).tolist()
         rows[f"best pre_nms={uc['pre_nms']}"] += iou[np.argsort(-sc)[:uc["pre_nms"]]].max(0).tolist()

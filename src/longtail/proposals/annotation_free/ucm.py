@@ -259,6 +259,14 @@ def _candidates(t: _Tree, lo: float, hi: float, *, cuts=(), pairs: int = 0, trip
             np.concatenate(area).astype(float), np.concatenate(perim).astype(float), np.concatenate(border).astype(float))
 
 
+def candidate_scores(b, area, perim, border, n_px: int, area_exp: float, compact_exp: float,
+                     border_exp: float) -> np.ndarray:
+    """Annotation-free score: boundary contrast x area prior x compactness x border prior (module docstring)."""
+    compact = np.clip(4 * np.pi * area / np.maximum(perim, 1.0) ** 2, 0.0, 1.0)
+    inside = np.clip(1.0 - border / np.maximum(perim, 1.0), 0.0, 1.0)   # share of the outline not on the image border
+    return np.clip(b, 0, 1) * (area / n_px) ** area_exp * compact ** compact_exp * inside ** border_exp
+
+
 def _mask_nms(M: np.ndarray, la: np.ndarray, scores: np.ndarray, iou_thr: float, topk: int) -> np.ndarray:
     """Greedy NMS on leaf-membership rows (IoU in pixels): kept row indices, by descending score."""
     order = np.argsort(-scores, kind="stable")
@@ -304,12 +312,8 @@ def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.nd
     trees = [base] + _extra_trees(base, extra_trees, image)
     cands = [_candidates(t, lo, hi, cuts=num_regions if t is base else (), pairs=pairs if t is base else 0,
                          triples=triples if t is base else 0) for t in trees]
-    scores = []
-    for _, _, b, area, perim, border in cands:
-        compact = np.clip(4 * np.pi * area / np.maximum(perim, 1.0) ** 2, 0.0, 1.0)
-        inside = np.clip(1.0 - border / np.maximum(perim, 1.0), 0.0, 1.0)   # share of the outline not on the image border
-        scores.append(np.clip(b, 0, 1) * (area / base.n_px) ** area_exp * compact ** compact_exp
-                      * inside ** border_exp)
+    scores = [candidate_scores(b, area, perim, border, base.n_px, area_exp, compact_exp, border_exp)
+              for _, _, b, area, perim, border in cands]
     allsc = np.concatenate(scores)
     if len(allsc) == 0:
         return empty
