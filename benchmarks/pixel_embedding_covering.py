@@ -28,7 +28,8 @@ from longtail.common.params import load_params, section
 from longtail.hierarchy import bench
 from longtail.hierarchy.cli import load_training_set
 from longtail.hierarchy.images import list_images, load_rgb
-from longtail.hierarchy.pixel_embedding import PixelEmbeddingNet, evaluate_segments, train_pixel_embedding
+from longtail.hierarchy.pixel_embedding import (PixelEmbeddingNet, eval_k_grid, evaluate_segments,
+                                                train_pixel_embedding)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def main() -> None:
     ap.add_argument("--eval-images", default=str(ROOT / "data/bsds500/images/val"))
     ap.add_argument("--eval-gt", default=str(ROOT / "data/bsds500/groundTruth/val"))
     ap.add_argument("--n-eval", type=int, default=30, help="first N val images (sorted by name)")
-    ap.add_argument("--ks", default="2,3,4,6,8,12,16", help="k-means k grid")
+    ap.add_argument("--ks", help="k-means k grid, e.g. 2,3,4 (default: the pipeline's, eval_k_grid(eval_k))")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="JSON with every number")
@@ -62,7 +63,7 @@ def main() -> None:
     for kv in args.variant:
         k, v = kv.split("=", 1)
         pc[k] = _value(v)
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = [int(k) for k in args.ks.split(",")] if args.ks else eval_k_grid(pc["eval_k"])
     data = load_training_set(Path(args.trees), pc["max_regions"], cfg["min_image_size"])
     ev = [(load_rgb(it.path, cfg["min_image_size"]), bench.load_groundtruth(Path(args.eval_gt) / f"{it.key}.mat"))
           for it in list_images(images=args.eval_images, max_images=args.n_eval)]
