@@ -13,6 +13,7 @@ rule propose_ucm:
     input:
         dataset=f"{AF_DATA}/{{split}}.json",
         trees=f"{AF['ucm']['tree_dir']}/{{split}}",
+        more_trees=expand("{d}/{{split}}", d=AF["ucm"]["more_tree_dirs"]),
     output:
         directory(f"{AF_PROP}/ucm/{{split}}"),
     params:

@@ -11,6 +11,7 @@ HIER_SOURCES = {
 
 wildcard_constraints:
     imgset="|".join(HIER_SOURCES),
+    variant="[A-Za-z0-9_-]+",
 
 
 rule hierarchy_edges:
@@ -54,6 +55,59 @@ rule hierarchy_ucm:
     shell:
         "longtail ucm --edges {input.edges} --out-dir {output.trees} --metrics {output.metrics} "
         "--figure {output.figure} 2> {log}"
+
+
+HIER_VARIANTS = config["hierarchy"]["edge_variants"]
+
+
+def _variant_sets(wc):
+    """--set hierarchy.edges.<key>=<value> for every override of the edge variant."""
+    import json
+
+    return " ".join(f"--set 'hierarchy.edges.{k}={json.dumps(v)}'" for k, v in HIER_VARIANTS[wc.variant].items())
+
+
+rule hierarchy_edges_variant:
+    input:
+        source=lambda wc: HIER_SOURCES[wc.imgset],
+    output:
+        edges=directory(f"{HIER}/variants/{{variant}}/edges/{{imgset}}"),
+        metrics=f"{HIER}/variants/{{variant}}/metrics/edges_{{imgset}}.json",
+    params:
+        section=config["hierarchy"],
+        sets=_variant_sets,
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=config["hierarchy"]["gpu"],
+    conda:
+        "../envs/hierarchy.yaml"
+    log:
+        "results/logs/hierarchy_edges_{variant}_{imgset}.log",
+    shell:
+        "longtail edges --source {input.source} --out-dir {output.edges} --metrics {output.metrics} {params.sets} "
+        "2> {log}"
+
+
+rule hierarchy_ucm_variant:
+    input:
+        edges=f"{HIER}/variants/{{variant}}/edges/{{imgset}}",
+    output:
+        trees=directory(f"{HIER}/variants/{{variant}}/ucm/{{imgset}}"),
+        metrics=f"{HIER}/variants/{{variant}}/metrics/ucm_{{imgset}}.json",
+    params:
+        section=config["hierarchy"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/hierarchy.yaml"
+    log:
+        "results/logs/hierarchy_ucm_{variant}_{imgset}.log",
+    shell:
+        "longtail ucm --edges {input.edges} --out-dir {output.trees} --metrics {output.metrics} 2> {log}"
 
 
 rule hierarchy_bsds:

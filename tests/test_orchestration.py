@@ -123,6 +123,14 @@ def test_coco_lvis_experiment_plans_on_slurm():
     assert "gpu=1" in block[:block.index("Shell command")]
 
 
+def test_ucm_two_scales_experiment_plans_both_tree_families():
+    """Edge variant hed_x2 -> its own trees -> pooled into propose ucm, with the overrides on the command line."""
+    out, counts = _dry_run_experiment("local", "results/proposals/ucm/metrics_val.json", "ucm_two_scales.yaml")
+    assert counts["hierarchy_edges"] == "1" and counts["hierarchy_ucm"] == "1" and counts["propose_ucm"] == "1"
+    assert counts["hierarchy_edges_variant"] == "1" and counts["hierarchy_ucm_variant"] == "1"
+    assert "--set 'hierarchy.edges.scales=[2.0]'" in out and "results/hierarchy/variants/hed_x2/edges/val" in out
+
+
 def test_ucm_multiscale_experiment_plans_multiscale_trees():
     """The issue-6 best-method override passes the params schema and plans edges -> ucm -> propose ucm."""
     _, counts = _dry_run_experiment("local", "results/proposals/ucm/metrics_val.json", "ucm_multiscale.yaml")

@@ -107,7 +107,11 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tupl
         uc = cfg["ucm"]
         # <tree_dir>/<split>/ (split = the propose output folder's name) or <tree_dir>/ itself
         split = Path(getattr(args, "out_dir", "") or "").name
-        tree_dirs = [Path(uc["tree_dir"]) / split, Path(uc["tree_dir"])] if split else [Path(uc["tree_dir"])]
+        def _dirs(root):
+            return [Path(root) / split, Path(root)] if split else [Path(root)]
+
+        tree_dirs = _dirs(uc["tree_dir"])
+        more_dirs = [_dirs(d) for d in uc["more_tree_dirs"]]
     else:
         import torch
 
@@ -120,6 +124,7 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tupl
         if method == "ucm":
             try:
                 tree = load_tree(tree_dirs, im)
+                more = [load_tree(d, im) for d in more_dirs]
             except LongtailError:
                 if uc["missing_tree"] == "error":
                     raise
@@ -134,7 +139,7 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tupl
                 if rgb.shape[:2] != hw:
                     raise LongtailError(f"{im['file_name']}: image is {rgb.shape[1]}x{rgb.shape[0]} but the dataset "
                                         f"says {im['width']}x{im['height']}; fix the dataset JSON.")
-            masks, scores = ucm_proposals(*tree, hw, image=rgb, **_ucm_kwargs(uc))
+            masks, scores = ucm_proposals(*tree, hw, image=rgb, more_trees=more, **_ucm_kwargs(uc))
         else:
             img = load_image(image_path(im["file_name"]))
             if img.shape[:2] != (int(im["height"]), int(im["width"])):
@@ -160,7 +165,8 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tupl
 
 def _ucm_kwargs(uc: dict) -> dict:
     keys = ("num_regions", "pairs", "triples", "extra_trees", "min_area_frac", "max_area_frac", "area_exp",
-            "compact_exp", "border_exp", "nms_iou", "pre_nms", "max_masks", "fill_holes", "dilate_px")
+            "compact_exp", "border_exp", "nms_iou", "pre_nms", "max_masks", "fill_holes", "dilate_px",
+            "dilate_min_area")
     return {k: uc[k] for k in keys}
 
 
