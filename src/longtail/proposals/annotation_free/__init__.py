@@ -165,8 +165,7 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tupl
 
 def _ucm_kwargs(uc: dict) -> dict:
     keys = ("num_regions", "pairs", "triples", "extra_trees", "min_area_frac", "max_area_frac", "area_exp",
-            "compact_exp", "border_exp", "nms_iou", "pre_nms", "max_masks", "fill_holes", "dilate_px",
-            "dilate_min_area")
+            "compact_exp", "border_exp", "nms_iou", "pre_nms", "max_masks", "fill_holes", "dilate_px")
     return {k: uc[k] for k in keys}
 
 

@@ -286,12 +286,41 @@ def _mask_nms(M: np.ndarray, la: np.ndarray, scores: np.ndarray, iou_thr: float,
     return np.asarray(keep, np.int64)
 
 
+def _tree_proposals(parents, altitudes, leaf_labels, out_hw, *, num_regions, pairs, triples, extra_trees, image,
+                    min_area_frac, max_area_frac, area_exp, compact_exp, border_exp, nms_iou, pre_nms, max_masks):
+    """One region tree's proposals: (leaf map at ``out_hw``, leaf membership (n, L), scores (n,)) after NMS, or
+    None for a degenerate tree (see :func:`ucm_proposals`)."""
+    alt = np.asarray(altitudes, dtype=np.float64)
+    if len(alt) < 2 or float(alt[-1]) <= 0:
+        return None
+    base = _Tree(parents, alt, leaf=_resize_labels(np.asarray(leaf_labels), out_hw))
+    lo, hi = min_area_frac * base.n_px, max_area_frac * base.n_px
+    trees = [base] + _extra_trees(base, extra_trees, image)
+    cands = [_candidates(t, lo, hi, cuts=num_regions if t is base else (), pairs=pairs if t is base else 0,
+                         triples=triples if t is base else 0) for t in trees]
+    scores = [candidate_scores(b, area, perim, border, base.n_px, area_exp, compact_exp, border_exp)
+              for _, _, b, area, perim, border in cands]
+    allsc = np.concatenate(scores)
+    if len(allsc) == 0:
+        return None
+    thr = np.sort(allsc)[::-1][min(pre_nms, len(allsc)) - 1]
+    Ms, ss = [], []
+    for t, (S, E, *_), sc in zip(trees, cands, scores):
+        sel = np.flatnonzero(sc >= thr)
+        if len(sel):
+            Ms.append(t.membership(S[sel], E[sel]))
+            ss.append(sc[sel])
+    M, sc = np.concatenate(Ms), np.concatenate(ss)
+    keep = _mask_nms(M, base.la, sc, nms_iou, max_masks)
+    return base.leaf, M[keep], sc[keep]
+
+
 def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.ndarray, out_hw: tuple[int, int],
                   *, num_regions=(8, 16, 32, 64), pairs: int = 64, triples: int = 16, extra_trees=(),
                   image: np.ndarray | None = None, min_area_frac: float = 0.0005, max_area_frac: float = 0.95,
                   area_exp: float = 0.2, compact_exp: float = 0.5, border_exp: float = 1.0, nms_iou: float = 0.75,
                   pre_nms: int = 1500, max_masks: int = 100, fill_holes: bool = True,
-                  dilate_px: int = 0, dilate_min_area: int = 0, more_trees=()) -> tuple[np.ndarray, np.ndarray]:
+                  dilate_px: int = 0, more_trees=()) -> tuple[np.ndarray, np.ndarray]:
     """(masks (n, H, W) bool, scores (n,) in [0, 1], descending) from a region tree; masks at ``out_hw``.
 
     The tree: higra parent array over the leaves ``0..n_leaves-1`` (children before parents, root last),
@@ -304,46 +333,27 @@ def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.nd
     maps), best ``max_masks`` kept.
     The returned masks have their holes filled (``fill_holes``) and can be dilated by
     ``dilate_px`` pixels (4-connected; the watershed gives each boundary pixel to one side only, while COCO-style
-    polygon masks include the object's outline) if they have at least ``dilate_min_area`` pixels.
+    polygon masks include the object's outline).
     """
     empty = np.zeros((0, *out_hw), bool), np.zeros(0)
-    found = []   # per region tree: (its leaf map, leaf membership (n, L) and scores of its best max_masks)
-    for par, alt, lab in [(parents, altitudes, leaf_labels), *more_trees]:
-        alt = np.asarray(alt, dtype=np.float64)
-        if len(alt) < 2 or float(alt[-1]) <= 0:
-            continue
-        base = _Tree(par, alt, leaf=_resize_labels(np.asarray(lab), out_hw))
-        lo, hi = min_area_frac * base.n_px, max_area_frac * base.n_px
-        trees = [base] + _extra_trees(base, extra_trees, image)
-        cands = [_candidates(t, lo, hi, cuts=num_regions if t is base else (), pairs=pairs if t is base else 0,
-                             triples=triples if t is base else 0) for t in trees]
-        scores = [candidate_scores(b, area, perim, border, base.n_px, area_exp, compact_exp, border_exp)
-                  for _, _, b, area, perim, border in cands]
-        allsc = np.concatenate(scores)
-        if len(allsc) == 0:
-            continue
-        thr = np.sort(allsc)[::-1][min(pre_nms, len(allsc)) - 1]
-        Ms, ss = [], []
-        for t, (S, E, *_), sc in zip(trees, cands, scores):
-            sel = np.flatnonzero(sc >= thr)
-            if len(sel):
-                Ms.append(t.membership(S[sel], E[sel]))
-                ss.append(sc[sel])
-        M, sc = np.concatenate(Ms), np.concatenate(ss)
-        keep = _mask_nms(M, base.la, sc, nms_iou, max_masks)
-        found.append((base.leaf, M[keep], sc[keep]))
+    kw = dict(num_regions=num_regions, pairs=pairs, triples=triples, extra_trees=extra_trees, image=image,
+              min_area_frac=min_area_frac, max_area_frac=max_area_frac, area_exp=area_exp, compact_exp=compact_exp,
+              border_exp=border_exp, nms_iou=nms_iou, pre_nms=pre_nms, max_masks=max_masks)
+    found = [f for tree in [(parents, altitudes, leaf_labels), *more_trees]
+             if (f := _tree_proposals(*tree, out_hw, **kw)) is not None]
     if not found:
         return empty
     if len(found) == 1:
         leaf, M, s = found[0]
+        keep = np.arange(len(s))
     else:   # pooled on the common refinement of the leaf maps: one leaf per combination of the trees' leaves
         stack = np.stack([f[0].ravel().astype(np.int64) for f in found], 1)
         combos, inv = np.unique(stack, axis=0, return_inverse=True)
         leaf = inv.reshape(out_hw)
         M = np.concatenate([m[:, combos[:, i]] for i, (_, m, _) in enumerate(found)])
         s = np.concatenate([f[2] for f in found])
-    la = np.bincount(leaf.ravel(), minlength=int(leaf.max()) + 1).astype(np.float64)
-    keep = _mask_nms(M, la, s, nms_iou, max_masks)
+        la = np.bincount(leaf.ravel(), minlength=len(combos)).astype(np.float64)
+        keep = _mask_nms(M, la, s, nms_iou, max_masks)
     masks = M[keep][:, leaf]
     if fill_holes or dilate_px:
         from scipy import ndimage as ndi
@@ -357,8 +367,7 @@ def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.nd
             crop = m[y0:y1, x0:x1]
             if fill_holes:
                 crop = ndi.binary_fill_holes(crop)
-            grow = dilate_px and crop.sum() >= dilate_min_area
-            m[y0:y1, x0:x1] = ndi.binary_dilation(crop, cross, iterations=dilate_px) if grow else crop
+            m[y0:y1, x0:x1] = ndi.binary_dilation(crop, cross, iterations=dilate_px) if dilate_px else crop
     return masks, s[keep]
 
 
