@@ -17,7 +17,8 @@ from longtail.common.tracking import stage_run
 #: keys of the embedding section that a variant may override
 VARIANT_KEYS = ("space", "dim", "curvature", "alpha", "beta", "gamma", "losses", "proposals_per_image", "lr",
                 "epochs", "max_steps", "crop_size", "max_tangent_norm", "num_negatives", "pos_iou",
-                "child_containment", "child_max_area_ratio", "child_min_area_ratio", "images_per_batch")
+                "child_containment", "child_max_area_ratio", "child_min_area_ratio", "images_per_batch",
+                "backbone", "frozen_stages")
 
 
 def register(sub):

@@ -60,9 +60,7 @@ def make_training_set(records: Sequence[dict], record_ids: Sequence[int], images
 
 
 def build_model(cfg: dict) -> EmbeddingNet:
-    return EmbeddingNet(dim=cfg["dim"], space=cfg["space"], curvature=cfg["curvature"],
-                        hidden=tuple(cfg["hidden"]), max_tangent_norm=cfg["max_tangent_norm"],
-                        backbone_checkpoint=cfg.get("backbone_checkpoint"))
+    return EmbeddingNet.from_config(cfg)
 
 
 def batch_losses(model: EmbeddingNet, ts: TrainingSet, trip, cfg: dict) -> dict[str, torch.Tensor]:

