@@ -251,7 +251,7 @@ def test_bad_inputs(tmp_path):
     # missing keys in the npz
     np.savez(emb, proposal_embeddings=Z)
     with pytest.raises(LongtailError, match="missing keys"):
-        from longtail.discovery.cli import load_embeddings
+        from longtail.discovery.embeddings import load_embeddings
 
         load_embeddings(emb)
 
