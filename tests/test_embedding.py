@@ -237,7 +237,7 @@ def test_network_outputs_inside_ball_and_finite_gradients_when_saturated():
 # --- training on the real sample -------------------------------------------------------------------------
 
 def make_set(params, sets, split="train", **kw):
-    from longtail.embedding.cli import load_proposal_set
+    from longtail.embedding.inputs import load_proposal_set
     from longtail.embedding.train import make_training_set
 
     cfg = small_cfg(params, **kw)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -10,15 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from longtail.cli import add_params_args
-from longtail.common import LongtailError, atomic_path, read_json
-from longtail.common.params import load_params, section
-from longtail.common.tracking import stage_run
-
-#: keys of the embedding section that a variant may override
-VARIANT_KEYS = ("space", "dim", "curvature", "alpha", "beta", "gamma", "losses", "proposals_per_image", "lr",
-                "epochs", "max_steps", "crop_size", "max_tangent_norm", "num_negatives", "pos_iou",
-                "child_containment", "child_max_area_ratio", "child_min_area_ratio", "images_per_batch",
-                "backbone", "frozen_stages")
+from longtail.common import atomic_path, read_json
+from longtail.common.runtime import set_threads
+from longtail.common.verb import name_run, stage_verb
+from longtail.embedding.inputs import load_model
+from longtail.embedding.variants import variant_config
 
 
 def register(sub):
@@ -41,158 +36,89 @@ def register(sub):
     p.set_defaults(func=run_embed)
 
 
-def variant_config(cfg: dict, variant: str) -> dict:
-    """The embedding section with the variant's overrides applied."""
-    variants = cfg.get("variants") or {}
-    if variant not in variants:
-        raise LongtailError(f"--variant {variant!r}: not a key of embedding.variants "
-                            f"({', '.join(sorted(variants))}); add it to params.yaml.")
-    out = copy.deepcopy(cfg)
-    for k, v in (variants[variant] or {}).items():
-        if k not in VARIANT_KEYS:
-            raise LongtailError(f"embedding.variants.{variant}.{k}: not an overridable key ({', '.join(VARIANT_KEYS)})")
-        out[k] = v
-    out["variant"] = variant
-    for k in ("variants", "default_variants", "proposal_methods"):
-        out.pop(k, None)
-    return out
-
-
-def _set_threads(cfg: dict) -> None:
+@stage_verb("train-embedding", "embedding", config=lambda args, cfg: variant_config(cfg, args.variant),
+            run_name=lambda args, cfg: f"train-embedding {Path(args.proposals).parent.name}/{args.variant}",
+            tags=lambda args, cfg: {"longtail.variant": args.variant, "longtail.proposals": args.proposals})
+def run_train(args, params, cfg, run) -> int:
     import torch
 
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    from longtail.embedding.dataset import training_dataset
+    from longtail.embedding.train import build_model, init_distributed, train
 
-
-def load_proposal_set(path: str, n_per_image: int | None):
-    """(index, kept records, their positions in proposals.json, image table) of a proposal set."""
-    from longtail.embedding.sampling import top_per_image
-    from longtail.proposals.format import read_proposals
-
-    index, records = read_proposals(path)
-    if not records:
-        raise LongtailError(f"{path}/proposals.json: no proposals at all; check the proposal stage's output.")
-    for key in ("image_id", "segmentation", "score"):
-        if key not in records[0]:
-            raise LongtailError(f"{path}/proposals.json: records lack '{key}'; not the shared proposal format.")
-    images = {int(im["id"]): im for im in index.get("images", [])}
-    ids = top_per_image(records, n_per_image)
-    index = {**index, "proposals_in_file": len(records)}
-    return index, [records[i] for i in ids], ids, images
-
-
-def run_train(args) -> int:
-    import torch
-
-    from longtail.embedding.train import build_model, make_training_set, pick_device, train
-
-    params = load_params(args.params, args.overrides)
-    cfg = variant_config(section(params, "embedding"), args.variant)
-    _set_threads(cfg)
+    set_threads(cfg["threads"])
     seed = int(params["seed"])
     torch.manual_seed(seed)
+    rank, world, device = init_distributed(cfg["gpu"])       # torchrun: DDP (gloo on CPU, nccl on GPUs)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with stage_run("train-embedding", params=cfg, all_params=params,
-                   run_name=f"train-embedding {Path(args.proposals).parent.name}/{args.variant}",
-                   tags={"longtail.variant": args.variant, "longtail.proposals": args.proposals}) as run:
-        index, records, ids, images = load_proposal_set(args.proposals, cfg["proposals_per_image"])
-        trees = None
-        if args.region_trees:
-            from longtail.embedding.sampling import load_region_trees
-
-            trees = load_region_trees(args.region_trees, images)
-        ts = make_training_set(records, ids, images, cfg, source=args.proposals, trees=trees)
-        if ts.relations.stats["num_proposals"] == 0:
-            raise LongtailError(f"{args.proposals}: every proposal mask is empty; nothing to train on.")
-        model = build_model(cfg).to(pick_device(cfg.get("gpu")))
-        summary = train(model, ts, cfg, seed=seed, checkpoint=out / "checkpoint.pt",
-                        on_step=lambda s, rec: run.log_metrics(
-                            {k: v for k, v in rec.items() if k.startswith("loss_")}, step=s))
-        meta = {"config": cfg, "seed": seed, "proposals": args.proposals, "method": index.get("method"),
-                "space": cfg["space"], "curvature": float(cfg["curvature"]), "dim": int(cfg["dim"])}
-        with atomic_path(out / "model.pt") as tmp:
-            torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **meta}, tmp)
-        metrics = {**summary, **ts.relations.stats,
-                   "empty_masks": int((~ts.valid).sum()), "proposals_in_file": index["proposals_in_file"]}
-        run.write_metrics(out / "metrics.json", metrics)
-        (out / "checkpoint.pt").unlink(missing_ok=True)
+    data = training_dataset(args.proposals, cfg, trees_dir=args.region_trees, seed=seed, world=world)
+    model = build_model(cfg).to(device)
+    summary = train(model, data, cfg, seed=seed, checkpoint=out / "checkpoint.pt", num_workers=cfg["num_workers"],
+                    on_step=lambda s, rec: run.log_metrics(
+                        {k: v for k, v in rec.items() if k.startswith("loss_")}, step=s))
+    if rank != 0:
+        return 0
+    index = data.proposals
+    meta = {"config": cfg, "seed": seed, "proposals": args.proposals, "method": index.index.get("method"),
+            "space": cfg["space"], "curvature": float(cfg["curvature"]), "dim": int(cfg["dim"])}
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **meta}, tmp)
+    metrics = {**summary, "num_proposals": int(index.record_valid.sum()), "num_images": len(data),
+               "empty_masks": int((~index.record_valid).sum()), "proposals_in_file": index.proposals_in_file,
+               "world_size": world}
+    run.write_metrics(out / "metrics.json", metrics)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
     print(json.dumps(metrics, indent=1))
     return 0
 
 
-def load_model(path: str, gpu: int = 0):
-    import torch
+@stage_verb("embed", "embedding", tags=lambda args, cfg: {"longtail.proposals": args.proposals})
+def run_embed(args, params, top, run) -> int:
+    """``top``: the embedding section of params.yaml (anchors, batch size, threads); ``cfg``: the configuration
+    the model was trained with (its variant), saved in model.pt."""
+    from longtail.embedding.dataset import ProposalIndex
+    from longtail.embedding.embed import (anchor_records, embed_fingerprint, embed_proposal_set, embed_records,
+                                          select_anchors)
 
-    from longtail.embedding.train import build_model, pick_device
-
-    p = Path(path)
-    if not p.exists():
-        raise LongtailError(f"--model {p}: not found; run `longtail train-embedding` first.")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-        cfg = state["config"]
-    except Exception as e:
-        raise LongtailError(f"--model {p}: not a train-embedding model ({e}); retrain it.") from e
-    cfg = {**cfg, "backbone_checkpoint": None}   # the weights come from the state dict
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    model.to(pick_device(gpu)).eval()
-    return model, state
-
-
-def run_embed(args) -> int:
-    from longtail.embedding.crops import crops_for_records
-    from longtail.embedding.embed import anchor_records, select_anchors
-    from longtail.embedding.train import embed_crops
-
-    params = load_params(args.params, args.overrides)
-    top = section(params, "embedding")
-    model, state = load_model(args.model, top.get("gpu", 0))
+    model, state = load_model(args.model, top["gpu"])
     cfg = state["config"]
-    _set_threads(top)
+    set_threads(top["threads"])
     t0 = time.time()
-    logged = {**cfg, **{k: top[k] for k in ("anchors_per_category", "anchor_min_area", "embed_batch_size")}}
-    with stage_run("embed", params=logged, all_params=params,
-                   run_name=f"embed {Path(args.proposals).parent.name}/{cfg.get('variant')}",
-                   tags={"longtail.variant": cfg.get("variant"), "longtail.proposals": args.proposals}) as run:
-        _, records, ids, images = load_proposal_set(args.proposals, cfg["proposals_per_image"])
-        crops, valid = crops_for_records(records, images, cfg["crop_size"], kinds=("fg",), source=args.proposals)
-        z = embed_crops(model, crops[:, 0], top["embed_batch_size"], desc="embed proposals")
-        keep = np.flatnonzero(valid)                      # empty masks have no embedding
-        gt = read_json(args.anchors, "anchor ground truth")
-        anns, missing = select_anchors(gt, top["anchors_per_category"], int(params["seed"]),
-                                       top["anchor_min_area"], source=args.anchors)
-        arecs = anchor_records(gt, anns)
-        gt_images = {int(im["id"]): im for im in gt["images"]}
-        acrops, avalid = crops_for_records(arecs, gt_images, cfg["crop_size"], kinds=("fg",), source=args.anchors)
-        za = embed_crops(model, acrops[:, 0], top["embed_batch_size"], desc="embed anchors")
-        akeep = np.flatnonzero(avalid)
-        arrays = {
-            "proposal_embeddings": z[keep].astype(np.float32),
-            "proposal_ids": np.asarray(ids, np.int64)[keep],
-            "proposal_image_ids": np.asarray([r["image_id"] for r in records], np.int64)[keep],
-            "proposal_scores": np.asarray([r["score"] for r in records], np.float32)[keep],
-            "anchor_embeddings": za[akeep].astype(np.float32),
-            "anchor_category_ids": np.asarray([a["category_id"] for a in arecs], np.int64)[akeep],
-            "anchor_ann_ids": np.asarray([a["ann_id"] for a in arecs], np.int64)[akeep],
-            "space": np.asarray(state["space"]),
-            "curvature": np.asarray(float(state["curvature"]) if state["space"] == "poincare" else 0.0),
-        }
-        with atomic_path(args.out) as tmp:
-            np.savez_compressed(tmp, **arrays)
-        pn = np.linalg.norm(arrays["proposal_embeddings"], axis=1) if len(keep) else np.zeros(1)
-        metrics = {"num_proposals": len(keep), "empty_masks_skipped": int((~valid).sum()),
-                   "num_images": len(set(arrays["proposal_image_ids"].tolist())),
-                   "images_without_proposals": int(sum(1 for i in images if i not in
-                                                       set(arrays["proposal_image_ids"].tolist()))),
-                   "num_anchors": len(akeep), "anchor_categories": len(set(
-                       arrays["anchor_category_ids"].tolist())),
-                   "categories_without_anchor": len(missing),
-                   "categories_without_anchor_ids": missing,
-                   "proposal_norm_mean": float(pn.mean()), "proposal_norm_max": float(pn.max()),
-                   "embed_seconds": round(time.time() - t0, 3)}
-        run.write_metrics(args.metrics, metrics)
+    variant = cfg.get("variant")                      # model.pt content (None for a model without a variant)
+    name_run(run, f"embed {Path(args.proposals).parent.name}/{variant}", **{"longtail.variant": variant})
+    index = ProposalIndex(args.proposals, cfg["proposals_per_image"])
+    # per image through a DataLoader; parts in <out>.parts/ (a killed embed resumes from them)
+    props, writer = embed_proposal_set(
+        model, index, cfg, args.out, chunk_images=top["embed_chunk_images"], batch_size=top["embed_batch_size"],
+        num_workers=top["num_workers"], fingerprint=embed_fingerprint(args.model, index, cfg, top["embed_chunk_images"]))
+    empty = int(props.pop("empty_masks"))
+    gt = read_json(args.anchors, "anchor ground truth")
+    anns, missing = select_anchors(gt, top["anchors_per_category"], int(params["seed"]),
+                                   top["anchor_min_area"], source=args.anchors)
+    arecs = anchor_records(gt, anns)
+    gt_images = {int(im["id"]): im for im in gt["images"]}
+    za, akeep = embed_records(model, arecs, gt_images, cfg, batch_size=top["embed_batch_size"], source=args.anchors)
+    keep = props["proposal_ids"]
+    arrays = {
+        **props,
+        "anchor_embeddings": za,
+        "anchor_category_ids": np.asarray([a["category_id"] for a in arecs], np.int64)[akeep],
+        "anchor_ann_ids": np.asarray([a["ann_id"] for a in arecs], np.int64)[akeep],
+        "space": np.asarray(state["space"]),
+        "curvature": np.asarray(float(state["curvature"]) if state["space"] == "poincare" else 0.0),
+    }
+    writer.finish(arrays)
+    embedded_images = set(arrays["proposal_image_ids"].tolist())
+    pn = np.linalg.norm(arrays["proposal_embeddings"], axis=1) if len(keep) else np.zeros(1)
+    metrics = {"num_proposals": len(keep), "empty_masks_skipped": empty,
+               "num_images": len(embedded_images),
+               "images_without_proposals": int(sum(1 for i in index.images if i not in embedded_images)),
+               "num_anchors": len(akeep), "anchor_categories": len(set(
+                   arrays["anchor_category_ids"].tolist())),
+               "categories_without_anchor": len(missing),
+               "categories_without_anchor_ids": missing,
+               "proposal_norm_mean": float(pn.mean()), "proposal_norm_max": float(pn.max()),
+               "embed_seconds": round(time.time() - t0, 3)}
+    run.write_metrics(args.metrics, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "categories_without_anchor_ids"}, indent=1))
     return 0
