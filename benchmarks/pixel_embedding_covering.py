@@ -26,7 +26,7 @@ import torch
 
 from longtail.common.params import load_params, section
 from longtail.hierarchy import bench
-from longtail.hierarchy.cli import load_training_set
+from longtail.hierarchy.process import load_training_set
 from longtail.hierarchy.images import list_images, load_rgb
 from longtail.hierarchy.pixel_embedding import (PixelEmbeddingNet, eval_k_grid, evaluate_segments,
                                                 train_pixel_embedding)

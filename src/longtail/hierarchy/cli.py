@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from longtail.cli import add_params_args
-from longtail.common import LongtailError, atomic_dir, read_json, write_json
-from longtail.common.params import load_params, section
-from longtail.common.tracking import stage_run
+from longtail.common import LongtailError, atomic_dir, atomic_path, write_json
+from longtail.common.runtime import select_device, set_threads
+from longtail.common.verb import stage_verb
 
 log = logging.getLogger(__name__)
 
@@ -51,250 +52,126 @@ def register(sub) -> None:
     p.set_defaults(func=run_train)
 
 
-def _cfg(args):
-    params = load_params(args.params, args.overrides)
-    return params, section(params, "hierarchy")
-
-
-def _device(cfg) -> str:
-    import torch
-
-    dev = cfg.get("device", "cpu")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("hierarchy.device=%s but no CUDA device; using the CPU", dev)
-        return "cpu"
-    return dev
-
-
-def _threads():
-    import os
-
-    import torch
-
-    n = os.environ.get("OMP_NUM_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
-
-
 # ------------------------------------------------------------------------------------------------ edges
 
-def run_edges(args) -> int:
+@stage_verb("edges", "hierarchy", tags=lambda args, cfg: {"source": args.source})
+def run_edges(args, params, cfg, run) -> int:
     from tqdm import tqdm
 
     from longtail.hierarchy.hed import load_hed
     from longtail.hierarchy.images import list_images
     from longtail.hierarchy.process import edge_record, iter_edges, save_record
 
-    params, cfg = _cfg(args)
     ec = cfg["edges"]
     src = Path(args.source)
     if not src.exists():
         raise LongtailError(f"--source {src} not found (a COCO JSON or an image folder)")
     items = list_images(coco=src if src.is_file() else None, images=src if src.is_dir() else None,
                         max_images=ec["max_images"])
-    _threads()
-    dev = _device(cfg)
-    with stage_run("edges", params=cfg, all_params=params, tags={"source": str(src)}) as run:
-        model = load_hed(ec["weights"], dev, channels_last=True)
-        out = Path(args.out_dir)
-        index, t0 = [], time.time()
-        with atomic_dir(out) as tmp:
-            it = iter_edges(model, items, ec["batch_size"], dev, tuple(ec["scales"]), cfg["min_image_size"])
-            for item, e in tqdm(it, total=len(items), desc=f"edges {src.name}"):
-                save_record(tmp / f"{item.key}.npz", **edge_record(e))
-                index.append({"key": item.key, "image": str(item.path), "image_id": item.image_id,
-                              "edges": f"{item.key}.npz", "height": e.shape[0], "width": e.shape[1]})
-            index.sort(key=lambda r: r["key"])
-            write_json(tmp / "index.json", {"source": str(src), "images": index})
-            metrics = {"n_images": len(index), "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
-        run.write_metrics(args.metrics, metrics)
-        print(f"edges: {len(index)} images -> {out} ({metrics['seconds_per_image']:.2f} s/image)")
+    set_threads()
+    dev = select_device(cfg["device"], "edges")
+    model = load_hed(ec["weights"], dev, channels_last=True)
+    out = Path(args.out_dir)
+    index, t0 = [], time.time()
+    with atomic_dir(out) as tmp:
+        it = iter_edges(model, items, ec["batch_size"], dev, tuple(ec["scales"]), cfg["min_image_size"])
+        for item, e in tqdm(it, total=len(items), desc=f"edges {src.name}"):
+            save_record(tmp / f"{item.key}.npz", **edge_record(e))
+            index.append({"key": item.key, "image": str(item.path), "image_id": item.image_id,
+                          "edges": f"{item.key}.npz", "height": e.shape[0], "width": e.shape[1]})
+        index.sort(key=lambda r: r["key"])
+        write_json(tmp / "index.json", {"source": str(src), "images": index})
+        metrics = {"n_images": len(index), "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
+    run.write_metrics(args.metrics, metrics)
+    print(f"edges: {len(index)} images -> {out} ({metrics['seconds_per_image']:.2f} s/image)")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ ucm
 
-def _load_index(folder: Path, what: str) -> list[dict]:
-    idx = read_json(folder / "index.json", what=f"{what} index")
-    if "images" not in idx:
-        raise LongtailError(f"{folder / 'index.json'}: no 'images' list; rerun the stage that wrote it")
-    return idx["images"]
-
-
-def run_ucm(args) -> int:
+@stage_verb("ucm", "hierarchy", tags=lambda args, cfg: {"edges": args.edges})
+def run_ucm(args, params, cfg, run) -> int:
     from tqdm import tqdm
 
     from longtail.hierarchy.figures import hierarchy_grid
     from longtail.hierarchy.images import load_rgb
-    from longtail.hierarchy.process import load_edges, save_tree, tree_from_edges
+    from longtail.hierarchy.process import load_edges, load_index, save_tree, tree_from_edges
 
-    params, cfg = _cfg(args)
     uc = cfg["ucm"]
     edir = Path(args.edges)
-    entries = _load_index(edir, "edge map")
-    with stage_run("ucm", params=cfg, all_params=params, tags={"edges": str(edir)}) as run:
-        out = Path(args.out_dir)
-        index, leaves, t0, fig_rows = [], [], time.time(), []
-        with atomic_dir(out) as tmp:
-            for r in tqdm(entries, desc=f"ucm {edir.name}"):
-                rec = load_edges(edir / r["edges"])
-                tree = tree_from_edges(rec, uc["max_leaves"], uc["use_orientation"], uc["boundary"],
-                                       uc.get("mix_weight", 0.35))
-                save_tree(tmp / f"{r['key']}.npz", tree)
-                leaves.append(tree.n_leaves)
-                index.append({**{k: r[k] for k in ("key", "image", "image_id", "height", "width")},
-                              "tree": f"{r['key']}.npz", "n_leaves": tree.n_leaves})
-                if args.figure and len(fig_rows) < cfg["figures"]["n_images"]:
-                    fig_rows.append((Path(r["image"]).name, load_rgb(r["image"], 1), rec["edges"], tree))
-            write_json(tmp / "index.json", {"edges": str(edir), "images": index})
-            metrics = {"n_images": len(index), "mean_leaves": float(np.mean(leaves)) if leaves else 0.0,
-                       "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
-        run.write_metrics(args.metrics, metrics)
-        if args.figure:
-            if not fig_rows:
-                raise LongtailError(f"--figure: {edir} has no images to draw")
-            hierarchy_grid(fig_rows, cfg["figures"]["levels"], args.figure)
-            run.log_artifact(args.figure)
-        print(f"ucm: {len(index)} trees -> {out} (mean {metrics['mean_leaves']:.0f} leaves)")
+    entries = load_index(edir, "edge map")
+    out = Path(args.out_dir)
+    index, leaves, t0, fig_rows = [], [], time.time(), []
+    with atomic_dir(out) as tmp:
+        for r in tqdm(entries, desc=f"ucm {edir.name}"):
+            rec = load_edges(edir / r["edges"])
+            tree = tree_from_edges(rec, uc["max_leaves"], uc["use_orientation"], uc["boundary"],
+                                   uc["mix_weight"])
+            save_tree(tmp / f"{r['key']}.npz", tree)
+            leaves.append(tree.n_leaves)
+            index.append({**{k: r[k] for k in ("key", "image", "image_id", "height", "width")},
+                          "tree": f"{r['key']}.npz", "n_leaves": tree.n_leaves})
+            if args.figure and len(fig_rows) < cfg["figures"]["n_images"]:
+                fig_rows.append((Path(r["image"]).name, load_rgb(r["image"], 1), rec["edges"], tree))
+        write_json(tmp / "index.json", {"edges": str(edir), "images": index})
+        metrics = {"n_images": len(index), "mean_leaves": float(np.mean(leaves)) if leaves else 0.0,
+                   "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
+    run.write_metrics(args.metrics, metrics)
+    if args.figure:
+        if not fig_rows:
+            raise LongtailError(f"--figure: {edir} has no images to draw")
+        hierarchy_grid(fig_rows, cfg["figures"]["levels"], args.figure)
+        run.log_artifact(args.figure)
+    print(f"ucm: {len(index)} trees -> {out} (mean {metrics['mean_leaves']:.0f} leaves)")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ bsds
 
-def _bsds_image(task):
-    """Score one image (all rows); runs in a worker process."""
+@stage_verb("bsds", "hierarchy", tags=lambda args, cfg: {"images": args.images})
+def run_bsds(args, params, cfg, run) -> int:
     from longtail.hierarchy import bench
-    from longtail.hierarchy.ucm import edge_nms
-
-    key, edges, ucm2, ref, gt_path, th, bc = task
-    gt = bench.load_groundtruth(gt_path)
-    out = {}
-    maps = {"hed": edges, "hed_nms": edge_nms(edges), "ucm": ucm2[2::2, 2::2]}
-    if ref is not None:
-        maps["gpb_owt_ucm"] = ref[2::2, 2::2]
-    for name, pb in maps.items():
-        if name in bc["rows"] or (name == "gpb_owt_ucm" and ref is not None):
-            out[name] = {"boundary": bench.boundary_counts(pb, gt, th, bc["max_dist"], bc["thin"])}
-    for name, u in (("ucm", ucm2), ("gpb_owt_ucm", ref)):
-        if name in out and u is not None:
-            out[name]["region"] = bench.region_counts(bench.segs_from_ucm2(u, th), gt)
-    return key, out
-
-
-def run_bsds(args) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-
-    from scipy.io import loadmat
-    from tqdm import tqdm
-
-    from longtail.hierarchy import bench
+    from longtail.hierarchy.bsds import check_groundtruth, edge_and_ucm_tasks, score_images, summarize
     from longtail.hierarchy.hed import load_hed
     from longtail.hierarchy.images import list_images
-    from longtail.hierarchy.process import iter_edges
-    from longtail.hierarchy.ucm import owt_ucm
 
-    params, cfg = _cfg(args)
     bc = cfg["bench"]
     items = list_images(images=args.images, max_images=bc["max_images"])
     gt_dir = Path(args.gt)
-    for it in items:  # fail early, naming the file
-        if not (gt_dir / f"{it.key}.mat").exists():
-            raise LongtailError(f"BSDS ground truth {gt_dir / (it.key + '.mat')} is missing for image {it.path}")
+    check_groundtruth(items, gt_dir)   # fail early, naming the file
     ref_dir = Path(args.reference_ucm) if args.reference_ucm else None
     th = bench.thresholds(bc["thresholds"])
-    _threads()
-    dev = _device(cfg)
-    with stage_run("bsds", params=cfg, all_params=params, tags={"images": args.images}) as run:
-        model = load_hed(cfg["edges"]["weights"], dev, channels_last=True)
-        tasks, t_edges, t_ucm = [], 0.0, 0.0
-        t = time.time()
-        for item, e in tqdm(iter_edges(model, items, cfg["edges"]["batch_size"], dev,
-                                       tuple(cfg["edges"]["scales"]), cfg["min_image_size"]),
-                            total=len(items), desc="bsds edges+ucm"):
-            t_edges += time.time() - t
-            t = time.time()
-            tree = owt_ucm(e.astype(np.float64), max_leaves=cfg["ucm"]["max_leaves"],
-                           use_orientation=cfg["ucm"]["use_orientation"], boundary=cfg["ucm"]["boundary"],
-                           mix_weight=cfg["ucm"].get("mix_weight", 0.35))
-            u = tree.ucm2()
-            t_ucm += time.time() - t
-            ref = None
-            if ref_dir is not None:
-                rp = ref_dir / f"{item.key}.mat"
-                if not rp.exists():
-                    raise LongtailError(f"reference ucm2 {rp} is missing for image {item.path}")
-                ref = loadmat(str(rp))["ucm2"].astype(np.float64)
-            tasks.append((item.key, e.astype(np.float64), u, ref, str(gt_dir / f"{item.key}.mat"), th, bc))
-            t = time.time()
-        n = len(tasks)
-        results = {}
-        if bc["nproc"] > 1:
-            with ProcessPoolExecutor(bc["nproc"]) as ex:
-                for key, r in tqdm(ex.map(_bsds_image, tasks), total=n, desc="bsds scoring"):
-                    results[key] = r
-        else:
-            for task in tqdm(tasks, desc="bsds scoring"):
-                key, r = _bsds_image(task)
-                results[key] = r
-        keys = [tk[0] for tk in tasks]
-        metrics = {"n_images": n, "thresholds": int(bc["thresholds"]), "max_dist": bc["max_dist"],
-                   "thin": bc["thin"], "seconds_per_image_edges": t_edges / max(n, 1),
-                   "seconds_per_image_ucm": t_ucm / max(n, 1), "rows": {}}
-        for name in results[keys[0]]:
-            row = bench.collect_boundary([results[k][name]["boundary"] for k in keys], th)
-            curves = {"boundary": row.pop("curve")}
-            out = {"boundary": row}
-            if "region" in results[keys[0]][name]:
-                reg = bench.collect_region([results[k][name]["region"] for k in keys], th)
-                curves["region"] = reg.pop("curve")
-                out["region"] = reg
-            out["curves"] = curves
-            metrics["rows"][name] = out
-        flat = {"n_images": n, "seconds_per_image_edges": metrics["seconds_per_image_edges"],
-                "seconds_per_image_ucm": metrics["seconds_per_image_ucm"]}
-        for name, r in metrics["rows"].items():
-            flat.update({f"{name}.{k}": v for k, v in r["boundary"].items()})
-            flat.update({f"{name}.{k}": v for k, v in r.get("region", {}).items()})
-        run.log_metrics(flat)
-        write_json(args.out, metrics)
-        for name, r in metrics["rows"].items():
-            b = r["boundary"]
-            reg = r.get("region", {})
-            extra = (f"  covering ODS {reg['covering_ODS']:.4f} OIS {reg['covering_OIS']:.4f}  "
-                     f"PRI {reg['PRI_ODS']:.4f}  VI {reg['VI_ODS']:.4f}") if reg else ""
-            print(f"{name:12s} ODS {b['ODS']:.4f} OIS {b['OIS']:.4f} AP {b['AP']:.4f}{extra}")
+    set_threads()
+    dev = select_device(cfg["device"], "bsds")
+    model = load_hed(cfg["edges"]["weights"], dev, channels_last=True)
+    tasks, t_edges, t_ucm = edge_and_ucm_tasks(model, items, cfg, dev, gt_dir, ref_dir, th)
+    results = score_images(tasks, bc["nproc"])
+    metrics, flat = summarize(results, [tk[0] for tk in tasks], th, bc, t_edges, t_ucm)
+    run.log_metrics(flat)
+    write_json(args.out, metrics)
+    for name, r in metrics["rows"].items():
+        b = r["boundary"]
+        reg = r.get("region", {})
+        extra = (f"  covering ODS {reg['covering_ODS']:.4f} OIS {reg['covering_OIS']:.4f}  "
+                 f"PRI {reg['PRI_ODS']:.4f}  VI {reg['VI_ODS']:.4f}") if reg else ""
+        print(f"{name:12s} ODS {b['ODS']:.4f} OIS {b['OIS']:.4f} AP {b['AP']:.4f}{extra}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ train
 
-def load_training_set(trees_dir: Path, max_regions: int, min_size: int) -> list:
-    from tqdm import tqdm
-
-    from longtail.hierarchy.images import load_rgb
-    from longtail.hierarchy.tree import load_region_tree
-    from longtail.hierarchy.ucm import rebuild
-
-    data = []
-    for r in tqdm(_load_index(trees_dir, "region tree"), desc="load trees"):
-        tree = load_region_tree(trees_dir / r["tree"])
-        if max_regions and tree.n_leaves > max_regions:
-            tree = rebuild(tree, tree.cut_regions(max_regions))
-        data.append((load_rgb(r["image"], min_size), tree))
-    return data
-
-
-def run_train(args) -> int:
+@stage_verb("train-pixel-embedding", "hierarchy")
+def run_train(args, params, cfg, run) -> int:
     import torch
 
     from longtail.hierarchy import bench
     from longtail.hierarchy.images import list_images, load_rgb
     from longtail.hierarchy.pixel_embedding import (PixelEmbeddingNet, eval_k_grid, evaluate_segments,
                                                     train_pixel_embedding)
+    from longtail.hierarchy.process import load_training_set
 
-    params, cfg = _cfg(args)
     pc = cfg["pixel_embedding"]
-    _threads()
+    set_threads()
     data = load_training_set(Path(args.trees), pc["max_regions"], cfg["min_image_size"])
     ev_items = list_images(images=args.eval_images, max_images=pc["eval_images"])
     ev = []
@@ -303,28 +180,23 @@ def run_train(args) -> int:
         ev.append((load_rgb(it.path, cfg["min_image_size"]), gt))
     out = Path(args.out)
     ckpt = out.with_name(out.stem + ".ckpt.pt")  # resumable training state; final file written at the end
-    with stage_run("train-pixel-embedding", params=cfg, all_params=params) as run:
-        net, losses = train_pixel_embedding(data, pc, ckpt, seed=params["seed"],
-                                            on_step=lambda s, v: run.log_metrics({"loss": v}, step=s))
-        torch.manual_seed(params["seed"])
-        rand = PixelEmbeddingNet(dim=pc["dim"], proj=pc["proj"]).eval()
-        ks = eval_k_grid(pc["eval_k"])
-        m_trained = evaluate_segments(net, ev, ks, params["seed"])
-        m_random = evaluate_segments(rand, ev, ks, params["seed"])
-        import shutil
-
-        from longtail.common.io import atomic_path
-
-        with atomic_path(out) as tmp:
-            shutil.copyfile(ckpt, tmp)
-        k = max(len(losses) // 10, 1)
-        metrics = {"steps": len(losses), "n_train_images": len(data), "n_eval_images": len(ev),
-                   "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
-                   "trained": m_trained, "random_init": m_random,
-                   "covering_gain": m_trained["covering"] - m_random["covering"]}
-        run.write_metrics(args.metrics, metrics)
-        print(f"train-pixel-embedding: loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}; "
-              f"k-means covering (ODS over k = {ks}) on {len(ev)} BSDS val images: trained "
-              f"{m_trained['covering']:.4f} (k={m_trained['k']}) vs random init {m_random['covering']:.4f} "
-              f"(k={m_random['k']})")
+    net, losses = train_pixel_embedding(data, pc, ckpt, seed=params["seed"],
+                                        on_step=lambda s, v: run.log_metrics({"loss": v}, step=s))
+    torch.manual_seed(params["seed"])
+    rand = PixelEmbeddingNet(dim=pc["dim"], proj=pc["proj"]).eval()
+    ks = eval_k_grid(pc["eval_k"])
+    m_trained = evaluate_segments(net, ev, ks, params["seed"])
+    m_random = evaluate_segments(rand, ev, ks, params["seed"])
+    with atomic_path(out) as tmp:
+        shutil.copyfile(ckpt, tmp)
+    k = max(len(losses) // 10, 1)
+    metrics = {"steps": len(losses), "n_train_images": len(data), "n_eval_images": len(ev),
+               "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+               "trained": m_trained, "random_init": m_random,
+               "covering_gain": m_trained["covering"] - m_random["covering"]}
+    run.write_metrics(args.metrics, metrics)
+    print(f"train-pixel-embedding: loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f}; "
+          f"k-means covering (ODS over k = {ks}) on {len(ev)} BSDS val images: trained "
+          f"{m_trained['covering']:.4f} (k={m_trained['k']}) vs random init {m_random['covering']:.4f} "
+          f"(k={m_random['k']})")
     return 0

@@ -36,7 +36,13 @@ def iter_edges(model, items: list[ImageItem], batch_size: int = 4, device: str =
         yield from zip([b[0] for b in batch], hed_edges(model, [b[1] for b in batch], device, scales))
 
 
-def edge_record(edges: np.ndarray) -> dict[str, np.ndarray]:
+def edge_record(edges: np.ndarray, compact: bool = True) -> dict[str, np.ndarray]:
+    """Edge record of an edge map: float32 edges, float16 orientation / thin as stored on disk (``compact``), or
+    all in float64 (``compact=False``: what the in-memory BSDS benchmark uses, so that its trees are those of
+    ``owt_ucm`` on the raw map)."""
+    if not compact:
+        e = edges.astype(np.float64)
+        return {"edges": e, "orientation": edge_orientation(e), "thin": edge_nms(e)}
     return {"edges": edges.astype(np.float32), "orientation": edge_orientation(edges).astype(np.float16),
             "thin": edge_nms(edges).astype(np.float16)}
 
@@ -68,3 +74,33 @@ def tree_from_edges(rec: dict[str, np.ndarray], max_leaves: int | None = None,
 
 def save_tree(path: str | os.PathLike, tree: RegionTree, **extra) -> None:
     tree.save(path, ucm2=tree.ucm2().astype(np.float32), **extra)
+
+
+def load_index(folder: str | os.PathLike, what: str) -> list[dict]:
+    """The ``images`` list of ``<folder>/index.json`` written by `longtail edges` / `longtail ucm`."""
+    from longtail.common.errors import LongtailError
+    from longtail.common.io import read_json
+
+    folder = Path(folder)
+    idx = read_json(folder / "index.json", what=f"{what} index")
+    if "images" not in idx:
+        raise LongtailError(f"{folder / 'index.json'}: no 'images' list; rerun the stage that wrote it")
+    return idx["images"]
+
+
+def load_training_set(trees_dir: str | os.PathLike, max_regions: int, min_size: int) -> list:
+    """(RGB image, region tree cut to at most ``max_regions`` leaves) of every image of a `longtail ucm` folder:
+    the training data of the pixel embedding."""
+    from tqdm import tqdm
+
+    from longtail.hierarchy.tree import load_region_tree
+    from longtail.hierarchy.ucm import rebuild
+
+    trees_dir = Path(trees_dir)
+    data = []
+    for r in tqdm(load_index(trees_dir, "region tree"), desc="load trees"):
+        tree = load_region_tree(trees_dir / r["tree"])
+        if max_regions and tree.n_leaves > max_regions:
+            tree = rebuild(tree, tree.cut_regions(max_regions))
+        data.append((load_rgb(r["image"], min_size), tree))
+    return data
