@@ -8,13 +8,10 @@ from pathlib import Path
 
 from longtail.cli import add_params_args
 from longtail.common import LongtailError
-from longtail.common.params import load_params, section
-from longtail.common.tracking import stage_run
+from longtail.common.verb import name_run, stage_verb
+from longtail.proposals.annotation_free import METHODS as ANNOTATION_FREE_METHODS
 
 log = logging.getLogger(__name__)
-
-#: methods implemented by the annotation-free stage (longtail.proposals.annotation_free.propose_dataset)
-ANNOTATION_FREE_METHODS = ("ucm", "freemask", "spectral", "solov2-free")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="COCO JSON whose images get proposals")
     p.add_argument("--out-dir", required=True, help="results/proposals/<method>/<split>")
     p.add_argument("--model-dir", default=None, help="train-proposals work dir (network methods)")
+    p.add_argument("--split", default=None, help="image set (train | val): where `ucm` finds its region trees "
+                   "(<tree_dir>/<split>/); default: the --out-dir folder's name")
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda:0 ...")
     p.set_defaults(func=run_propose)
 
@@ -67,53 +66,53 @@ def _split_name(out_dir: str | Path) -> str:
     return Path(out_dir).name
 
 
-def run_propose(args) -> int:
+def _propose_split(args) -> str:
+    return args.split or _split_name(args.out_dir)
+
+
+@stage_verb("propose", "proposals", run_name=lambda args, cfg: f"propose/{args.method}/{_propose_split(args)}",
+            tags=lambda args, cfg: {"method": args.method, "split": _propose_split(args)})
+def run_propose(args, params, cfg, run) -> int:
+    from longtail.common.runtime import select_device
     from longtail.proposals.datasets import load_coco
     from longtail.proposals.format import write_proposals
     from longtail.proposals.postprocess import gt_records, topk_mask_nms
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "proposals")
     dataset = load_coco(args.dataset)
     method = args.method
-    split = _split_name(args.out_dir)
-    with stage_run("propose", params=cfg, all_params=params, run_name=f"propose/{method}/{split}",
-                   tags={"method": method, "split": split}) as run:
-        meta: dict = {}
-        if args.device == "auto":
-            import torch
+    meta: dict = {}
+    device = str(select_device(args.device, "propose"))
+    if method == "gt":
+        records = gt_records(dataset)
+    elif method in ANNOTATION_FREE_METHODS:
+        from longtail.proposals.annotation_free import propose_dataset
 
-            args.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if method == "gt":
-            records = gt_records(dataset)
-        elif method in ANNOTATION_FREE_METHODS:
-            from longtail.proposals.annotation_free import propose_dataset
+        records, skipped = propose_dataset(method, dataset, params["annotation_free"], int(params["seed"]), run,
+                                           split=_propose_split(args), model_dir=args.model_dir, device=device)
+        if skipped:   # not run on these images (e.g. no region tree): eval-proposals leaves them out
+            meta["images_skipped"] = skipped
+    elif method in cfg["models"] or args.model_dir:
+        from longtail.proposals.inference import predict_dataset
 
-            records, skipped = propose_dataset(method, dataset, params, run, args)
-            if skipped:   # not run on these images (e.g. no region tree): eval-proposals leaves them out
-                meta["images_skipped"] = skipped
-        elif method in cfg["models"] or args.model_dir:
-            from longtail.proposals.inference import predict_dataset
-
-            if not args.model_dir:
-                raise LongtailError(f"propose --method {method}: --model-dir is required for network methods "
-                                    f"(the work dir of `longtail train-proposals --model {method}`)")
-            records = predict_dataset(args.model_dir, dataset, score_thr=cfg["score_thr"], pre_nms=cfg["pre_nms"],
-                                      device=args.device)
-            meta["model_dir"] = str(args.model_dir)
-        else:
-            raise LongtailError(f"propose --method {method!r}: unknown method; use gt, one of proposals.models "
-                                f"({', '.join(cfg['models'])}) or {', '.join(ANNOTATION_FREE_METHODS)}")
-        raw = len(records)
-        records = topk_mask_nms(records, cfg["topk"], cfg["nms_iou"])
-        write_proposals(args.out_dir, records, dataset["images"], method=method, dataset=args.dataset,
-                        topk=cfg["topk"], nms_iou=cfg["nms_iou"], **meta)
-        n_img = max(len(dataset["images"]), 1)
-        metrics = {"images": len(dataset["images"]), "proposals_before_nms": raw, "proposals": len(records),
-                   "proposals_per_image": len(records) / n_img}
-        run.log_metrics(metrics)
-        log.info("propose %s: %d images, %d proposals (%d before NMS) -> %s", method, len(dataset["images"]),
-                 len(records), raw, args.out_dir)
+        if not args.model_dir:
+            raise LongtailError(f"propose --method {method}: --model-dir is required for network methods "
+                                f"(the work dir of `longtail train-proposals --model {method}`)")
+        records = predict_dataset(args.model_dir, dataset, score_thr=cfg["score_thr"], pre_nms=cfg["pre_nms"],
+                                  device=device)
+        meta["model_dir"] = str(args.model_dir)
+    else:
+        raise LongtailError(f"propose --method {method!r}: unknown method; use gt, one of proposals.models "
+                            f"({', '.join(cfg['models'])}) or {', '.join(ANNOTATION_FREE_METHODS)}")
+    raw = len(records)
+    records = topk_mask_nms(records, cfg["topk"], cfg["nms_iou"])
+    write_proposals(args.out_dir, records, dataset["images"], method=method, dataset=args.dataset,
+                    topk=cfg["topk"], nms_iou=cfg["nms_iou"], **meta)
+    n_img = max(len(dataset["images"]), 1)
+    metrics = {"images": len(dataset["images"]), "proposals_before_nms": raw, "proposals": len(records),
+               "proposals_per_image": len(records) / n_img}
+    run.log_metrics(metrics)
+    log.info("propose %s: %d images, %d proposals (%d before NMS) -> %s", method, len(dataset["images"]),
+             len(records), raw, args.out_dir)
     return 0
 
 
@@ -139,66 +138,59 @@ def _scored_inputs(args, verb: str) -> tuple[dict, dict, list[dict], set[int]]:
     return dataset, index, records, skipped
 
 
-def run_eval(args) -> int:
+@stage_verb("eval-proposals", "proposals")
+def run_eval(args, params, cfg, run) -> int:
     from longtail.proposals.evaluation import evaluate_proposals
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "proposals")
     dataset, index, records, skipped = _scored_inputs(args, "eval-proposals")
     method = index.get("method", "?")
-    with stage_run("eval-proposals", params=cfg, all_params=params,
-                   run_name=f"eval-proposals/{method}/{_split_name(args.proposals)}",
-                   tags={"method": method, "split": _split_name(args.proposals)}) as run:
-        metrics = {"method": method, "segm": evaluate_proposals(dataset, records, "segm"),
-                   "bbox": evaluate_proposals(dataset, records, "bbox"),
-                   "images_evaluated": len(dataset["images"]), "images_skipped": len(skipped),
-                   "proposals_per_image": len(records) / max(len(dataset["images"]), 1)}
-        run.write_metrics(args.out, metrics)
-        if args.figure:
-            from longtail.proposals.visualize import overlay_figure
+    name_run(run, f"eval-proposals/{method}/{_split_name(args.proposals)}", method=method,
+             split=_split_name(args.proposals))
+    metrics = {"method": method, "segm": evaluate_proposals(dataset, records, "segm"),
+               "bbox": evaluate_proposals(dataset, records, "bbox"),
+               "images_evaluated": len(dataset["images"]), "images_skipped": len(skipped),
+               "proposals_per_image": len(records) / max(len(dataset["images"]), 1)}
+    run.write_metrics(args.out, metrics)
+    if args.figure:
+        from longtail.proposals.visualize import overlay_figure
 
-            overlay_figure(dataset, records, args.figure, title=f"{method} proposals")
-            run.log_artifact(args.figure)
-        s = metrics["segm"]
-        log.info("%s: mask AR@100 base %.3f novel %.3f all %.3f | AP all %.3f", method, s["base"]["AR100"],
-                 s["novel"]["AR100"], s["all"]["AR100"], s["all"]["AP"])
+        overlay_figure(dataset, records, args.figure, title=f"{method} proposals")
+        run.log_artifact(args.figure)
+    s = metrics["segm"]
+    log.info("%s: mask AR@100 base %.3f novel %.3f all %.3f | AP all %.3f", method, s["base"]["AR100"],
+             s["novel"]["AR100"], s["all"]["AR100"], s["all"]["AP"])
     return 0
 
 
-def run_train(args) -> int:
+@stage_verb("train-proposals", "proposals", run_name=lambda args, cfg: f"train-proposals/{args.model}",
+            tags=lambda args, cfg: {"model": args.model})
+def run_train(args, params, cfg, run) -> int:
     from longtail.proposals.training import train
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "proposals")
     if args.model not in cfg["models"]:
         raise LongtailError(f"train-proposals --model {args.model!r}: not a key of proposals.models "
                             f"({', '.join(cfg['models'])}); add its config there")
-    with stage_run("train-proposals", params=cfg, all_params=params, run_name=f"train-proposals/{args.model}",
-                   tags={"model": args.model}) as run:
-        metrics = train(args.model, cfg, params["seed"], args.train_json, args.val_json, args.work_dir, run)
-        run.write_metrics(Path(args.work_dir) / "metrics.json", metrics)
+    metrics = train(args.model, cfg, params["seed"], args.train_json, args.val_json, args.work_dir, run)
+    run.write_metrics(Path(args.work_dir) / "metrics.json", metrics)
     return 0
 
 
-def run_error_analysis(args) -> int:
+@stage_verb("error-analysis", "proposals")
+def run_error_analysis(args, params, cfg, run) -> int:
     from longtail.proposals.error_analysis import error_analysis
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "proposals")
     dataset, index, records, _ = _scored_inputs(args, "error-analysis")
     method = index.get("method", "?")
-    with stage_run("error-analysis", params=cfg, all_params=params,
-                   run_name=f"error-analysis/{method}/{_split_name(args.proposals)}", tags={"method": method}) as run:
-        metrics = {"method": method, **error_analysis(dataset, records, cfg["error_analysis"]["match_iou"])}
-        run.write_metrics(args.out, metrics)
+    name_run(run, f"error-analysis/{method}/{_split_name(args.proposals)}", method=method)
+    metrics = {"method": method, **error_analysis(dataset, records, cfg["error_analysis"]["match_iou"])}
+    run.write_metrics(args.out, metrics)
     return 0
 
 
-def run_compare(args) -> int:
+@stage_verb("compare-proposals", "proposals")
+def run_compare(args, params, cfg, run) -> int:
     from longtail.common.io import read_json
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "proposals")
     rows = {}
     for role, d in (("baseline", Path(args.baseline)), ("variant", Path(args.variant))):
         ev = read_json(d / f"metrics_{args.split}.json", f"{role} evaluation (longtail eval-proposals)")
@@ -208,9 +200,8 @@ def run_compare(args) -> int:
         row.update({k: er[k] for k in ("dAP_fFP", "dAP_bFP", "dAP_FN")})
         rows[role] = {"method": ev.get("method", d.name), **row}
     delta = {k: rows["variant"][k] - rows["baseline"][k] for k in rows["baseline"] if k != "method"}
-    with stage_run("compare-proposals", params=cfg, all_params=params,
-                   run_name=f"compare-proposals/{rows['variant']['method']}-vs-{rows['baseline']['method']}") as run:
-        run.write_metrics(args.out, {**rows, "delta": delta})
-        log.info("%s - %s: novel AR@100 %+.3f, all AP %+.3f, dAP_FN %+.3f", rows["variant"]["method"],
-                 rows["baseline"]["method"], delta["novel/AR100"], delta["all/AP"], delta["dAP_FN"])
+    name_run(run, f"compare-proposals/{rows['variant']['method']}-vs-{rows['baseline']['method']}")
+    run.write_metrics(args.out, {**rows, "delta": delta})
+    log.info("%s - %s: novel AR@100 %+.3f, all AP %+.3f, dAP_FN %+.3f", rows["variant"]["method"],
+             rows["baseline"]["method"], delta["novel/AR100"], delta["all/AP"], delta["dAP_FN"])
     return 0

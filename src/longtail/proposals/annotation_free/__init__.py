@@ -1,8 +1,8 @@
 """Annotation-free mask proposals: UCM regions, Free Mask, multi-k spectral masks, FreeSOLO.
 
-``propose_dataset(method, dataset, params, run, args)`` is called by ``longtail propose --method
-ucm|freemask|spectral|solov2-free`` (longtail.proposals.cli), which then applies top-K mask NMS and writes the
-shared proposal format.
+``propose_dataset(method, dataset, cfg, seed, run, split=..., model_dir=..., device=...)`` is called by
+``longtail propose --method ucm|freemask|spectral|solov2-free`` (longtail.proposals.cli), which then applies
+top-K mask NMS and writes the shared proposal format.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from longtail.common.params import project_root
 from longtail.common.errors import LongtailError
-from longtail.common.params import section
+from longtail.common.params import project_root
 
 log = logging.getLogger(__name__)
 
@@ -76,77 +75,31 @@ def feature_masks(method: str, image: np.ndarray, backbone, cfg: dict, seed: int
     raise LongtailError(f"unknown feature method {method!r}")
 
 
-def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tuple[list[dict], list[int]]:
-    """(proposal records (``longtail.proposals.format.make_record``), ids of the images the method could not run
-    on: ``ucm`` images without a region tree when ``annotation_free.ucm.missing_tree: skip``)."""
-    from tqdm import tqdm
+def propose_dataset(method: str, dataset: dict, cfg: dict, seed: int, run=None, *, split: str = "",
+                    model_dir: str | Path | None = None, device: str = "cpu") -> tuple[list[dict], list[int]]:
+    """Annotation-free proposals of every image of a COCO ``dataset``.
 
-    from longtail.proposals.annotation_free.backbone import build_backbone, load_image
-    from longtail.proposals.format import make_record
+    ``cfg``: the ``annotation_free`` section of params.yaml; ``seed``: params ``seed``; ``run``: a
+    :class:`~longtail.common.tracking.StageRun` for the counts (or None). ``split``: the image set (``train``,
+    ``val``): ``ucm`` reads the region trees of ``<tree_dir>/<split>/`` when that folder exists, else of
+    ``<tree_dir>/`` itself. ``model_dir`` / ``device``: the FreeSOLO model of ``solov2-free`` (default
+    ``annotation_free.freesolo.work_dir``) and where it predicts.
 
-    cfg = section(params, "annotation_free")
+    Returns (proposal records (``longtail.proposals.format.make_record``), ids of the images the method could not
+    run on: ``ucm`` images without a region tree when ``annotation_free.ucm.missing_tree: skip``).
+    """
     images = _check_dataset(dataset)
-    seed = int(params.get("seed", 0))
     if method == "solov2-free":
-        from longtail.proposals.annotation_free.freesolo import predict_dataset
-
-        model_dir = getattr(args, "model_dir", None) or cfg["freesolo"]["work_dir"]
-        records = predict_dataset(model_dir, dataset, cfg["freesolo"], device=getattr(args, "device", "cpu"))
-        _log_counts(run, method, records, len(images), None)
-        if not records:
-            raise LongtailError(f"propose --method solov2-free: the model in {model_dir} predicts no mask with score >= "
-                                f"annotation_free.freesolo.score_thr on any of the {len(images)} images; train longer "
-                                f"(annotation_free.freesolo.train.max_iters) or lower the threshold.")
-        return records, []
+        return _freesolo_records(dataset, images, cfg["freesolo"], run, model_dir or cfg["freesolo"]["work_dir"],
+                                 device), []
     if method not in METHODS:
         raise LongtailError(f"annotation-free method {method!r} unknown; use one of {', '.join(METHODS)}")
-
-    if method == "ucm":
-        from longtail.proposals.annotation_free.ucm import COLOR_TREES, load_tree, ucm_proposals
-
-        uc = cfg["ucm"]
-        # <tree_dir>/<split>/ (split = the propose output folder's name) or <tree_dir>/ itself
-        split = Path(getattr(args, "out_dir", "") or "").name
-        def _dirs(root):
-            return [Path(root) / split, Path(root)] if split else [Path(root)]
-
-        tree_dirs = _dirs(uc["tree_dir"])
-        more_dirs = [_dirs(d) for d in uc["more_tree_dirs"]]
-    else:
-        import torch
-
-        torch.set_num_threads(max(1, int(cfg.get("threads", 2))))
-        backbone = build_backbone(cfg["backbone"], seed)
-    records: list[dict] = []
-    missing: list[str] = []
+    backbone = None if method == "ucm" else _feature_backbone(cfg, seed)
     t0 = time.perf_counter()
-    for im in tqdm(images, desc=f"propose {method}", unit="img"):
-        if method == "ucm":
-            try:
-                tree = load_tree(tree_dirs, im)
-                more = [load_tree(d, im) for d in more_dirs]
-            except LongtailError:
-                if uc["missing_tree"] == "error":
-                    raise
-                missing.append(im["file_name"])
-                continue
-            hw = (int(im["height"]), int(im["width"]))
-            rgb = None
-            if set(uc["extra_trees"]) & set(COLOR_TREES):   # colour hierarchies need the image
-                from longtail.proposals.annotation_free.backbone import load_image
-
-                rgb = load_image(image_path(im["file_name"]))
-                if rgb.shape[:2] != hw:
-                    raise LongtailError(f"{im['file_name']}: image is {rgb.shape[1]}x{rgb.shape[0]} but the dataset "
-                                        f"says {im['width']}x{im['height']}; fix the dataset JSON.")
-            masks, scores = ucm_proposals(*tree, hw, image=rgb, more_trees=more, **_ucm_kwargs(uc))
-        else:
-            img = load_image(image_path(im["file_name"]))
-            if img.shape[:2] != (int(im["height"]), int(im["width"])):
-                raise LongtailError(f"{im['file_name']}: image is {img.shape[1]}x{img.shape[0]} but the dataset says "
-                                    f"{im['width']}x{im['height']}; fix the dataset JSON.")
-            masks, scores, _ = feature_masks(method, img, backbone, cfg, seed, name=im["file_name"])
-        records += [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
+    if method == "ucm":
+        records, missing, tree_dirs = _ucm_records(images, cfg["ucm"], split)
+    else:
+        records, missing = _feature_records(method, images, cfg, seed, backbone), []
     _log_counts(run, method, records, len(images), (time.perf_counter() - t0) / len(images))
     if missing:
         log.warning("ucm: %d of %d images have no region tree in %s (no proposals for them), e.g. %s",
@@ -161,6 +114,81 @@ def propose_dataset(method: str, dataset: dict, params: dict, run, args) -> tupl
                             f"annotation_free.{method.replace('-', '_')} thresholds and the backbone/UCM inputs.")
     missing_set = set(missing)
     return records, sorted(int(im["id"]) for im in images if im["file_name"] in missing_set)
+
+
+def _freesolo_records(dataset: dict, images: list[dict], fcfg: dict, run, model_dir, device: str) -> list[dict]:
+    from longtail.proposals.annotation_free.freesolo import predict_dataset
+
+    records = predict_dataset(model_dir, dataset, fcfg, device=device)
+    _log_counts(run, "solov2-free", records, len(images), None)
+    if not records:
+        raise LongtailError(f"propose --method solov2-free: the model in {model_dir} predicts no mask with score >= "
+                            f"annotation_free.freesolo.score_thr on any of the {len(images)} images; train longer "
+                            f"(annotation_free.freesolo.train.max_iters) or lower the threshold.")
+    return records
+
+
+def _load_checked(im: dict) -> np.ndarray:
+    """RGB of a dataset image, checked against the size the dataset gives."""
+    from longtail.proposals.annotation_free.backbone import load_image
+
+    rgb = load_image(image_path(im["file_name"]))
+    if rgb.shape[:2] != (int(im["height"]), int(im["width"])):
+        raise LongtailError(f"{im['file_name']}: image is {rgb.shape[1]}x{rgb.shape[0]} but the dataset says "
+                            f"{im['width']}x{im['height']}; fix the dataset JSON.")
+    return rgb
+
+
+def _ucm_records(images: list[dict], uc: dict, split: str) -> tuple[list[dict], list[str], list[Path]]:
+    """(records, file names of images without a region tree, the tree folders looked in) of ``ucm``."""
+    from tqdm import tqdm
+
+    from longtail.proposals.annotation_free.ucm import COLOR_TREES, load_tree, ucm_proposals
+    from longtail.proposals.format import make_record
+
+    def _dirs(root):   # <tree_dir>/<split>/ or <tree_dir>/ itself
+        return [Path(root) / split, Path(root)] if split else [Path(root)]
+
+    tree_dirs = _dirs(uc["tree_dir"])
+    more_dirs = [_dirs(d) for d in uc["more_tree_dirs"]]
+    records: list[dict] = []
+    missing: list[str] = []
+    for im in tqdm(images, desc="propose ucm", unit="img"):
+        try:
+            tree = load_tree(tree_dirs, im)
+            more = [load_tree(d, im) for d in more_dirs]
+        except LongtailError:
+            if uc["missing_tree"] == "error":
+                raise
+            missing.append(im["file_name"])
+            continue
+        hw = (int(im["height"]), int(im["width"]))
+        rgb = _load_checked(im) if set(uc["extra_trees"]) & set(COLOR_TREES) else None   # colour trees need it
+        masks, scores = ucm_proposals(*tree, hw, image=rgb, more_trees=more, **_ucm_kwargs(uc))
+        records += [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
+    return records, missing, tree_dirs
+
+
+def _feature_backbone(cfg: dict, seed: int):
+    """The frozen backbone of ``freemask`` / ``spectral`` (torch threads from ``annotation_free.threads``)."""
+    from longtail.common.runtime import set_threads
+    from longtail.proposals.annotation_free.backbone import build_backbone
+
+    set_threads(cfg["threads"])
+    return build_backbone(cfg["backbone"], seed)
+
+
+def _feature_records(method: str, images: list[dict], cfg: dict, seed: int, backbone) -> list[dict]:
+    """Records of the backbone-feature methods (``freemask``, ``spectral``)."""
+    from tqdm import tqdm
+
+    from longtail.proposals.format import make_record
+
+    records: list[dict] = []
+    for im in tqdm(images, desc=f"propose {method}", unit="img"):
+        masks, scores, _ = feature_masks(method, _load_checked(im), backbone, cfg, seed, name=im["file_name"])
+        records += [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
+    return records
 
 
 def _ucm_kwargs(uc: dict) -> dict:

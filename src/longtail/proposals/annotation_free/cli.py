@@ -11,8 +11,7 @@ import logging
 from pathlib import Path
 
 from longtail.cli import add_params_args
-from longtail.common.params import load_params, section
-from longtail.common.tracking import stage_run
+from longtail.common.verb import stage_verb
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
-def run_train(args) -> int:
+@stage_verb("train-freesolo", "annotation_free", config=lambda args, cfg: cfg["freesolo"],
+            run_name=lambda args, cfg: "train-freesolo", tags=lambda args, cfg: {"pseudo": args.pseudo})
+def run_train(args, params, fcfg, run) -> int:
+    """``fcfg``: the ``annotation_free.freesolo`` section."""
+    from longtail.common.runtime import select_device
     from longtail.proposals.annotation_free.freesolo import train_freesolo
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "annotation_free")
-    fcfg = cfg["freesolo"]
-    with stage_run("train-freesolo", params=fcfg, all_params=params, run_name="train-freesolo",
-                   tags={"pseudo": args.pseudo}) as run:
-        metrics = train_freesolo(fcfg, int(params["seed"]), args.dataset, args.pseudo, args.work_dir, run,
-                                 device=args.device, figure=args.figure)
-        run.write_metrics(Path(args.work_dir) / "metrics.json", metrics)
-        log.info("train-freesolo: %s", {k: v for k, v in metrics.items() if k != "rounds"})
+    metrics = train_freesolo(fcfg, int(params["seed"]), args.dataset, args.pseudo, args.work_dir, run,
+                             device=str(select_device(args.device, "train-freesolo")), figure=args.figure)
+    run.write_metrics(Path(args.work_dir) / "metrics.json", metrics)
+    log.info("train-freesolo: %s", {k: v for k, v in metrics.items() if k != "rounds"})
     return 0
