@@ -1,0 +1,118 @@
+"""The discovery runs a report covers (``<discovery_dir>/<method>/<variant>/``) and their tables (Weng et al.
+Tables 1-3, Poincaré vs Euclidean side by side) and summary numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from longtail.common import read_json
+from longtail.report.markup import table
+
+# Table 2 of the paper: variant name -> what changes (the embedding stage's variants)
+VARIANT_DOC = {
+    "poincare": "Poincaré, paper setting (RP = 50, α = 0.2, β = 0.2)", "euclidean": "Euclidean space",
+    "rp20": "No. RP = 20", "rp50": "No. RP = 50", "rp100": "No. RP = 100", "alpha0.1": "α = 0.1",
+    "alpha0.2": "α = 0.2", "alpha0.5": "α = 0.5", "beta0.1": "β = 0.1", "beta0.2": "β = 0.2",
+    "beta0.5": "β = 0.5", "no_mask": "w/o L_mask", "no_object": "w/o L_object", "no_hier": "w/o L_hierarchical",
+}
+VARIANT_ORDER = ["rp20", "poincare", "rp100", "alpha0.1", "alpha0.5", "beta0.1", "beta0.5", "no_mask",
+                 "no_object", "no_hier", "euclidean"]
+
+
+
+def find_runs(discovery_dir: Path) -> list[dict]:
+    runs = []
+    for mp in sorted(discovery_dir.glob("*/*/metrics.json")):
+        d = mp.parent
+        run = {"method": d.parent.name, "variant": d.name, "dir": d, "metrics": read_json(mp, "metrics")}
+        for key, name in (("elbow", "elbow.json"), ("cluster_metrics", "cluster_metrics.json"),
+                          ("labels", "cluster_labels.json")):
+            run[key] = read_json(d / name) if (d / name).exists() else None
+        runs.append(run)
+    order = {v: i for i, v in enumerate(VARIANT_ORDER)}
+    runs.sort(key=lambda r: (r["method"], order.get(r["variant"], len(order)), r["variant"]))
+    return runs
+
+
+def table1(runs):
+    head = ["method", "variant", "mAP", "mAP50", "mAP75", "mAPr", "mAPc", "mAPf", "mAPs", "mAPm", "mAPl"]
+    rows = []
+    for r in runs:
+        m = r["metrics"]
+        ap = m.get(m.get("eval_categories", "novel"), {})
+        lv = m.get("lvis", {})
+        rows.append([r["method"], r["variant"], ap.get("AP"), ap.get("AP50"), ap.get("AP75"), lv.get("APr"),
+                     lv.get("APc"), lv.get("APf"), ap.get("APs"), ap.get("APm"), ap.get("APl")])
+    return table(head, rows, "Table 1 — mask AP on the novel categories (pycocotools); mAPr/c/f from the LVIS "
+                              "API where discovery.lvis_json is set")
+
+
+def table2(runs):
+    head = ["method", "variant", "setting", "mAP", "mAP50", "mAP75", "purity", "random purity"]
+    rows = []
+    for r in runs:
+        m = r["metrics"]
+        ap = m.get(m.get("eval_categories", "novel"), {})
+        rows.append([r["method"], r["variant"], VARIANT_DOC.get(r["variant"], r["variant"]), ap.get("AP"),
+                     ap.get("AP50"), ap.get("AP75"), m.get("purity", {}).get("purity"),
+                     m.get("baseline_random", {}).get("purity")])
+    return table(head, rows, "Table 2 — ablations (one row per embedding variant present)")
+
+
+def table3(runs):
+    groups = sorted({k[len("purity_"):] for r in runs for k in r["metrics"].get("purity", {})
+                     if k.startswith("purity_")})
+    head = ["method", "variant", "k", "k* (elbow)", "clusters matched", "Purity avg"] + \
+           [f"Purity {g}" for g in groups] + ["random-embedding purity", "ratio"]
+    rows = []
+    for r in runs:
+        m = r["metrics"]
+        p = m.get("purity", {})
+        rows.append([r["method"], r["variant"], m.get("k"), (r["elbow"] or {}).get("k_star"),
+                     m.get("clusters_matched"), p.get("purity")] + [p.get(f"purity_{g}") for g in groups] +
+                    [m.get("baseline_random", {}).get("purity"), m.get("purity_ratio_vs_random")])
+    out = table(head, rows, "Table 3 — cluster purity (Manning et al.) over the clusters matched to a "
+                             "category, per group (LVIS frequency or base/novel split)")
+    # as the paper's Table 3: purity at several k (the elbow grid), k* marked, for the Poincaré runs
+    for r in runs:
+        byk = r["metrics"].get("purity_by_k")
+        if not byk or r["variant"] != "poincare":
+            continue
+        kstar = (r["elbow"] or {}).get("k_star")
+        rows = [[f"k*={x['k']} (elbow)" if x["k"] == kstar else f"k={x['k']}", x.get("clusters_matched"),
+                 x.get("purity")] + [x.get(f"purity_{g}") for g in groups] +
+                [x.get("baseline_random_purity"), x.get("purity_ratio_vs_random")] for x in byk]
+        out += table(["No. of clusters", "clusters matched", "Purity avg"] + [f"Purity {g}" for g in groups] +
+                      ["random-embedding purity", "ratio"],
+                      rows, f"Table 3 (per k) — {r['method']}/{r['variant']}")
+    return out
+
+
+def side_by_side(runs):
+    by = {}
+    for r in runs:
+        by.setdefault(r["method"], {})[r["variant"]] = r["metrics"]
+    rows = []
+    for method, v in by.items():
+        if "poincare" in v and "euclidean" in v:
+            for name in ("poincare", "euclidean"):
+                m = v[name]
+                ap = m.get(m.get("eval_categories", "novel"), {})
+                rows.append([method, name, ap.get("AP"), ap.get("AP50"), m.get("purity", {}).get("purity"),
+                             m.get("purity_ratio_vs_random"), m.get("clusters_matched"), m.get("k")])
+    if not rows:
+        return ""
+    return table(["method", "space", "mAP", "mAP50", "purity", "purity / random", "clusters matched", "k"],
+                  rows, "Poincaré vs Euclidean embedding, side by side")
+
+
+def summary(runs: list[dict], n_other_figures: int, html_bytes: int) -> dict:
+    """metrics.json of `longtail report`: the main run (poincare, else the first) and its numbers."""
+    main_run = next((r for r in runs if r["variant"] == "poincare"), runs[0])
+    mm = main_run["metrics"]
+    return {"runs": len(runs), "figures_from_other_stages": n_other_figures,
+            "main_run": f"{main_run['method']}/{main_run['variant']}",
+            "main_AP": mm.get(mm.get("eval_categories", "novel"), {}).get("AP"),
+            "main_purity": mm.get("purity", {}).get("purity"),
+            "main_purity_ratio_vs_random": mm.get("purity_ratio_vs_random"),
+            "html_bytes": html_bytes}
