@@ -6,8 +6,8 @@ from pathlib import Path
 
 from longtail.cli import add_params_args
 from longtail.common import atomic_dir, write_json
-from longtail.common.params import load_params, project_root, section
-from longtail.common.tracking import stage_run
+from longtail.common.params import project_root
+from longtail.common.verb import stage_verb
 
 
 def register(sub) -> None:
@@ -18,27 +18,25 @@ def register(sub) -> None:
     p.add_argument("--out-dir", default=None, help="output folder (default: data.out_dir)")
     p.add_argument("--root", default=None, help="folder the data paths are relative to (default: the project "
                    "root, i.e. the working directory when it holds params.yaml)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_prepare)
 
 
-def run(args) -> int:
+@stage_verb("prepare", "data")
+def run_prepare(args, params, cfg, run) -> int:
     from longtail.data.prepare import prepare
 
-    params = load_params(args.params, args.overrides)
-    cfg = section(params, "data")
     out_dir = Path(args.out_dir or cfg["out_dir"])
-    with stage_run("prepare", params=cfg, all_params=params) as run:
-        datasets, metrics = prepare(cfg, Path(args.root) if args.root else project_root())
-        cats = datasets["train"]["categories"]
-        with atomic_dir(out_dir) as tmp:
-            for name, coco in datasets.items():
-                write_json(tmp / f"{name}.json", coco, indent=None)
-            write_json(tmp / "categories.json", {
-                "base": [c["id"] for c in cats if c["split"] == "base"],
-                "novel": [c["id"] for c in cats if c["split"] == "novel"], "categories": cats})
-            run.write_metrics(tmp / "metrics.json", metrics)
-        run.log_artifact(out_dir / "metrics.json")
-        run.log_artifact(out_dir / "categories.json")
+    datasets, metrics = prepare(cfg, Path(args.root) if args.root else project_root())
+    cats = datasets["train"]["categories"]
+    with atomic_dir(out_dir) as tmp:
+        for name, coco in datasets.items():
+            write_json(tmp / f"{name}.json", coco, indent=None)
+        write_json(tmp / "categories.json", {
+            "base": [c["id"] for c in cats if c["split"] == "base"],
+            "novel": [c["id"] for c in cats if c["split"] == "novel"], "categories": cats})
+        run.write_metrics(tmp / "metrics.json", metrics)
+    run.log_artifact(out_dir / "metrics.json")
+    run.log_artifact(out_dir / "categories.json")
     for split in ("train", "val"):
         m = metrics[split]
         print(f"{split}: {m['images']} images, {m['instances']} instances "
