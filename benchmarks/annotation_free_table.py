@@ -3,8 +3,8 @@
     python benchmarks/annotation_free_table.py --out-dir /tmp/af_table \
         [--methods ucm freemask spectral solov2-free] [--only-with-trees] [--set KEY=VALUE ...]
 
-Runs `longtail propose --method <m> --set proposals.topk=100` and `longtail eval-proposals` (the pipeline's own
-verbs, params.yaml settings) for every method on results/data/val.json -- or, with --only-with-trees, on the
+Runs `longtail propose --method <m>` (annotation_free.topk = 100 per image) and `longtail eval-proposals` (the
+pipeline's own verbs, params.yaml settings) for every method on results/data/val.json -- or, with --only-with-trees, on the
 val images that have a region tree in results/hierarchy/ucm/val (the sample run computes trees for a subset),
 so that every method is scored on the same images -- and prints a markdown table (mask AP / AR, all categories,
 plus AR@100 of base and novel categories).
@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from longtail.cli import main as longtail
+from longtail.common.params import annotation_free_methods
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="results/data/val.json")
     ap.add_argument("--trees", default="results/hierarchy/ucm/val")
     ap.add_argument("--only-with-trees", action="store_true")
-    ap.add_argument("--methods", nargs="+", default=["ucm", "freemask", "spectral", "solov2-free"])
+    ap.add_argument("--methods", nargs="+", default=list(annotation_free_methods()))
     ap.add_argument("--model-dir", default="results/annotation_free/freesolo", help="train-freesolo work dir")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -49,7 +50,7 @@ def main() -> None:
         dataset = out / "val.json"
         dataset.write_text(json.dumps(d))
     n_img = len(json.loads(dataset.read_text())["images"])
-    sets = [x for s in ["proposals.topk=100", *args.overrides] for x in ("--set", s)]
+    sets = [x for s in args.overrides for x in ("--set", s)]
     rows = []
     for m in args.methods:
         pdir = out / m / "val"
@@ -76,9 +77,9 @@ def main() -> None:
 def upper_bound(args) -> None:
     """Recall of the best candidate per object (non-crowd GT) for the ucm candidate sets, by COCO size."""
     import numpy as np
-    from pycocotools import mask as mu
 
     from longtail.common.errors import LongtailError
+    from longtail.common.masks import decode_mask, to_rle
     from longtail.common.params import load_params, section
     from longtail.proposals.annotation_free import image_path
     from longtail.proposals.annotation_free.backbone import load_image
@@ -110,9 +111,7 @@ def upper_bound(args) -> None:
             continue
         used.append(im)
         h, w = im["height"], im["width"]
-        gts = [mu.decode(mu.frPyObjects(a["segmentation"], h, w) if isinstance(a["segmentation"], list) or
-                         isinstance(a["segmentation"].get("counts"), list) else a["segmentation"]) for a in anns[im["id"]]]
-        gts = [g.max(2) if g.ndim == 3 else g for g in gts]
+        gts = [decode_mask(to_rle(a["segmentation"], h, w)) for a in anns[im["id"]]]
         sizes += [a["area"] for a in anns[im["id"]]]
         base = _Tree(parents, alt, leaf=_resize_labels(np.asarray(leaf), (h, w)))
         img = load_image(image_path(im["file_name"])) if uc["extra_trees"] else None
@@ -134,10 +133,10 @@ def upper_bound(args) -> None:
         rows["all candidates"] += iou.max(0).tolist()
         rows[f"best pre_nms={uc['pre_nms']}"] += iou[np.argsort(-sc)[:uc["pre_nms"]]].max(0).tolist()
     out = Path(args.out_dir) / "ucm" / "val"
-    from longtail.proposals.format import decode_mask, read_proposals
+    from longtail.proposals.format import read_proposals
 
     if longtail(["propose", "--method", "ucm", "--dataset", args.dataset, "--out-dir", str(out),
-                 *[x for s in ["proposals.topk=100", *args.overrides] for x in ("--set", s)]]) == 0:
+                 *[x for s in args.overrides for x in ("--set", s)]]) == 0:
         _, recs = read_proposals(out)
         by_im: dict = {}
         for r in recs:
@@ -146,10 +145,7 @@ def upper_bound(args) -> None:
         for im in used:
             P = by_im.get(im["id"], [])
             for a in anns[im["id"]]:
-                rle = a["segmentation"]
-                g = mu.decode(mu.frPyObjects(rle, im["height"], im["width"]) if isinstance(rle, list) or
-                              isinstance(rle.get("counts"), list) else rle)
-                g = (g.max(2) if g.ndim == 3 else g).astype(bool)
+                g = decode_mask(to_rle(a["segmentation"], im["height"], im["width"]))
                 ret.append(max(((g & p).sum() / max((g | p).sum(), 1) for p in P), default=0.0))
         rows["returned"] = ret
     sizes = np.asarray(sizes)

@@ -22,24 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pycocotools import mask as mask_utils
 from sklearn.cluster import KMeans
 from tqdm import tqdm
 
+from longtail.common.masks import decode_mask, to_rle
+from longtail.common.params import load_params, section
 from longtail.discovery.evaluate import purity
 from longtail.discovery.spaces import make_kmeans, random_like
 from longtail.proposals.format import read_proposals
-
-
-def decode(ann: dict, h: int, w: int) -> np.ndarray:
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, h, w)
-    else:
-        rle = seg
-    return mask_utils.decode(rle).astype(bool)
 
 
 def features(gt: dict, short_side: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -70,7 +60,7 @@ def features(gt: dict, short_side: int) -> tuple[np.ndarray, np.ndarray, dict[st
                 if k >= 2:
                     maps[f"HED conv{k + 1}"] = x[0]
         for a in anns:
-            m = decode(a, h, w)
+            m = decode_mask(to_rle(a["segmentation"], h, w, source=f"annotation {a['id']}"))
             ys, xs = np.nonzero(m)
             if len(ys) == 0:
                 continue
@@ -122,6 +112,7 @@ def main():
         row(name, lambda k, Xn=Xn: kmeans_purity(Xn, y, k, a.seeds))
     cat_of = dict(zip(ids.tolist(), y.tolist()))
     records = read_proposals(a.proposals)[1] if a.embeddings else []
+    disc = section(load_params(), "discovery")   # k-means settings of the pipeline (one run per seed)
     for path in a.embeddings:
         with np.load(path, allow_pickle=True) as z:
             Z = z["proposal_embeddings"].astype(np.float64)
@@ -131,7 +122,7 @@ def main():
         for label, emb in ((f"{path} ({space})", Z), (f"random-embedding baseline of {Path(path).parent.name}",
                                                       random_like(Z, space, 1000, curv))):
             row(label, lambda k, emb=emb: float(np.mean(
-                [purity(np.asarray(make_kmeans(space, k, {"n_init": 1}, s).fit(emb).labels_), yz)["purity"]
+                [purity(np.asarray(make_kmeans(space, k, {**disc, "n_init": 1}, s).fit(emb).labels_), yz)["purity"]
                  for s in range(a.seeds)])))
 
     print(f"{n} val GT masks, {len(set(y.tolist()))} categories, largest class share "

@@ -10,8 +10,6 @@ validate(config, schema="../workflow/schemas/params.schema.yaml")
 # set at parse time so that SLURM job steps, which re-parse the workflow, export it too.
 os.environ["LONGTAIL_CONFIG"] = json.dumps(config)
 
-LONGTAIL = "longtail"
-
 
 onstart:
     # One MLflow parent run per pipeline invocation; jobs (local or SLURM) inherit its id via the environment.

@@ -17,7 +17,8 @@ from longtail.proposals.annotation_free.backbone import build_backbone, load_ima
 from longtail.proposals.annotation_free.freemask import free_mask, matrix_nms, pyramid_queries
 from longtail.proposals.annotation_free.spectral import spectral_masks
 from longtail.proposals.annotation_free.ucm import load_tree, tree_from_ucm, ucm_proposals
-from longtail.proposals.format import encode_mask, mask_iou_matrix
+from longtail.common.masks import encode_mask
+from longtail.proposals.format import mask_iou_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_VAL = REPO / "data/coco-mini/annotations/instances_val2017.json"
@@ -410,7 +411,8 @@ def _propose(method: str, dataset: Path, out: Path, *sets: str) -> int:
 
 @pytest.mark.slow
 def test_propose_freemask_and_spectral_cli(tmp_path, pixel_embedding_ckpt):
-    from longtail.proposals.format import decode_mask, read_proposals
+    from longtail.common.masks import decode_mask
+    from longtail.proposals.format import read_proposals
 
     ds = _mini_val(tmp_path, 2)
     images = {im["id"]: im for im in json.loads(ds.read_text())["images"]}

@@ -15,6 +15,7 @@ import torch
 from longtail import REPO_ROOT
 from longtail.cli import main
 from longtail.common.errors import LongtailError
+from longtail.common.masks import rle_for_json, to_rle
 from longtail.discovery import evaluate as E
 from longtail.proposals.format import make_record, read_proposals, write_proposals
 
@@ -40,9 +41,8 @@ def gt_proposals(tmp_path: Path, n_images: int = 60, extra_ids=()):
     for a in gt["annotations"]:
         if a["image_id"] in by_id and not a.get("iscrowd", 0):
             im = by_id[a["image_id"]]
-            rle = E._rle(a["segmentation"], im["height"], im["width"])
-            recs.append(make_record(a["image_id"], {"size": rle["size"], "counts": rle["counts"].decode()},
-                                    1.0, gt_category=a["category_id"]))
+            rle = rle_for_json(to_rle(a["segmentation"], im["height"], im["width"]))
+            recs.append(make_record(a["image_id"], rle, 1.0, gt_category=a["category_id"]))
     out = tmp_path / "proposals"
     write_proposals(out, recs, imgs, method="gt", dataset=str(VAL), topk=100, nms_iou=1.0)
     _, recs = read_proposals(out)   # sorted order = proposal ids

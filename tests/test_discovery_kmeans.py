@@ -82,6 +82,34 @@ def test_deterministic_for_a_seed():
     assert np.array_equal(a.labels_, b.labels_) and a.inertia_ == b.inertia_
 
 
+def test_sklearn_estimator_contract():
+    """get_params / set_params / clone (scikit-learn's BaseEstimator): a clone is unfitted, has the same
+    parameters and, with the same seed, gives the same clustering; set_params changes what fit does."""
+    from sklearn.base import clone, is_clusterer
+
+    X, y = planted(seed=4)
+    km = HyperbolicKMeans(6, n_init=2, random_state=5, centroid="frechet", frechet_steps=3, tol=1e-8)
+    params = km.get_params()
+    assert params["n_clusters"] == 6 and params["centroid"] == "frechet" and params["frechet_steps"] == 3
+    assert params["random_state"] == 5 and params["tol"] == 1e-8 and params["n_init"] == 2
+    assert is_clusterer(km)
+    km.fit(X)
+    twin = clone(km)
+    assert not hasattr(twin, "labels_") and twin.get_params() == params
+    assert np.array_equal(twin.fit_predict(X), km.labels_)
+    assert np.allclose(twin.cluster_centers_, km.cluster_centers_, atol=1e-12)
+    assert twin.inertia_ == pytest.approx(km.inertia_, rel=1e-12)
+    # set_params reaches fit: 8 clusters recover the 8 planted ones, 6 cannot
+    twin.set_params(n_clusters=8, centroid="einstein")
+    assert twin.get_params()["n_clusters"] == 8
+    assert twin.fit(X).cluster_centers_.shape == (8, 2)
+    assert adjusted_rand_score(y, twin.labels_) > 0.95 > adjusted_rand_score(y, km.labels_)
+    # an init array is a parameter too: cloned by value
+    init = km.cluster_centers_.copy()
+    seeded = clone(HyperbolicKMeans(6, init=init, random_state=5))
+    assert seeded.init is not init and np.array_equal(seeded.init, init)
+
+
 def test_assignment_paths_match_brute_force(monkeypatch):
     import longtail.discovery.kmeans as KM
 

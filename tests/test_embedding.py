@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from longtail.common import LongtailError
+from longtail.common.masks import decode_mask, encode_mask, to_rle
 from longtail.embedding.crops import mask_crops
-from longtail.embedding.embed import annotation_rle, select_anchors
+from longtail.embedding.embed import select_anchors
 from longtail.embedding.losses import loss_hierarchical, loss_mask, loss_object, total_loss
 from longtail.embedding.model import EmbeddingNet, Space
 from longtail.embedding.sampling import build_relations, sample_triplets, top_per_image
-from longtail.proposals.format import decode_mask, encode_mask, make_record, write_proposals
+from longtail.proposals.format import make_record, write_proposals
 
 ALPHA = 0.2
 
@@ -46,7 +47,7 @@ def jittered_proposals(coco: dict, n_images: int) -> tuple[list[dict], list[dict
         for a in coco["annotations"]:
             if a["image_id"] != im["id"] or a.get("iscrowd"):
                 continue
-            m = decode_mask(annotation_rle(a, im["height"], im["width"]))
+            m = decode_mask(to_rle(a["segmentation"], im["height"], im["width"]))
             if m.sum() < 100:
                 continue
             recs.append(make_record(im["id"], m, 1.0))

@@ -12,10 +12,10 @@ import yaml
 
 from longtail import REPO_ROOT
 from longtail.cli import main
-from longtail.proposals.datasets import ann_to_rle, rle_to_json
+from longtail.common.masks import decode_mask, encode_mask, to_rle
 from longtail.proposals.error_analysis import error_analysis
 from longtail.proposals.evaluation import coco_eval, evaluate_proposals
-from longtail.proposals.format import encode_mask, make_record, read_proposals
+from longtail.proposals.format import make_record, read_proposals
 from longtail.proposals.postprocess import gt_records, topk_mask_nms
 
 
@@ -163,8 +163,7 @@ def test_error_analysis_cli(val_set, tmp_path):
         if a.get("iscrowd", 0):
             continue
         im = ims[a["image_id"]]
-        from longtail.proposals.format import decode_mask
-        m = decode_mask(rle_to_json(ann_to_rle(a, im["height"], im["width"])))
+        m = decode_mask(to_rle(a["segmentation"], im["height"], im["width"]))
         ys = np.nonzero(m.any(1))[0]
         m[ys.max() - 1:] = False
         if m.any():

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from longtail.common.errors import LongtailError
 from longtail.common.io import read_json
+from longtail.common.masks import encode_mask, rle_for_pycocotools, to_rle
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,10 @@ def check_annotation(ann: dict, height: int, width: int, tol: float) -> str | No
     seg = ann.get("segmentation")
     if not seg or (isinstance(seg, list) and not any(len(p) >= 6 for p in seg)):
         return "empty segmentation"
-    if isinstance(seg, list):
-        rles = mask_utils.frPyObjects(seg, height, width)
-        area = float(mask_utils.area(mask_utils.merge(rles)))
-    else:
-        rle = seg if not isinstance(seg.get("counts"), list) else mask_utils.frPyObjects(seg, height, width)
-        rle = dict(rle)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        area = float(mask_utils.area(rle))
+    try:
+        area = float(mask_utils.area(to_rle(seg, height, width)))
+    except LongtailError as e:  # malformed: the caller names the file and annotation, on_bad_input decides
+        return str(e)
     if area <= 0 or ann.get("area", 0) <= 0:
         return f"area {ann.get('area', 0)} (mask area {area:.0f}) is not positive"
     x, y, w, h = ann["bbox"]
@@ -96,11 +92,10 @@ def panoptic_to_instances(pan: dict, masks_dir: Path, thing_ids: set[int], count
             if seg["category_id"] not in thing_ids:
                 continue
             m = ids == seg["id"]
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
+            rle = encode_mask(m)
             anns.append({"image_id": pa["image_id"], "category_id": seg["category_id"], "segmentation": rle,
-                         "area": float(m.sum()), "bbox": [float(v) for v in mask_utils.toBbox(
-                             {**rle, "counts": rle["counts"].encode("ascii")})],
+                         "area": float(m.sum()),
+                         "bbox": [float(v) for v in mask_utils.toBbox(rle_for_pycocotools(rle))],
                          "iscrowd": int(seg.get("iscrowd", 0))})
     return anns
 

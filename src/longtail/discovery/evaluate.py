@@ -23,6 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from longtail.common.errors import LongtailError
+from longtail.common.masks import rle_for_json, rle_for_pycocotools, to_rle
 from longtail.discovery.spaces import pairwise_dist
 
 NOVEL = -1
@@ -78,17 +79,6 @@ def greedy_labels(D: np.ndarray, categories: Sequence[int]) -> np.ndarray:
 
 
 # -- ground truth matching ----------------------------------------------------------------------------------
-def _rle(seg, h: int, w: int) -> dict:
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, h, w)
-    r = dict(seg)
-    if isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
-    return r
-
-
 def gt_class_of_proposals(records: Sequence[dict], gt: dict, iou_thr: float = 0.5) -> np.ndarray:
     """Category of the best-overlapping non-crowd GT mask (IoU >= iou_thr) of every proposal, else -1."""
     imgs = {im["id"]: im for im in gt["images"]}
@@ -108,8 +98,9 @@ def gt_class_of_proposals(records: Sequence[dict], gt: dict, iou_thr: float = 0.
         if im is None:
             raise LongtailError(f"proposals reference image {img_id} which is not in the ground truth JSON; "
                                 f"evaluate the proposals against the dataset they were made on")
-        g = [_rle(a["segmentation"], im["height"], im["width"]) for a in anns]
-        p = [_rle(records[i]["segmentation"], im["height"], im["width"]) for i in idx]
+        g = [to_rle(a["segmentation"], im["height"], im["width"], source=f"annotation {a.get('id', '?')}")
+             for a in anns]
+        p = [to_rle(records[i]["segmentation"], im["height"], im["width"], source=f"proposal {i}") for i in idx]
         iou = np.asarray(mask_utils.iou(p, g, [0] * len(g))).reshape(len(p), len(g))
         best = iou.argmax(1)
         ok = iou[np.arange(len(p)), best] >= iou_thr
@@ -225,8 +216,8 @@ def lvis_gt_as_results(gt: dict) -> list[dict]:
     out = []
     for a in gt["annotations"]:
         im = imgs[a["image_id"]]
-        rle = _rle(a["segmentation"], im["height"], im["width"])
-        rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        rle = rle_for_json(to_rle(a["segmentation"], im["height"], im["width"],
+                                  source=f"annotation {a.get('id', '?')}"))
         out.append({"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": rle,
                     "score": 1.0})
     return out
@@ -251,8 +242,7 @@ def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = 
     keep_img = {im["id"] for im in gt["images"]}
     dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets if d["image_id"] in keep_img]
     for d in dets:  # LVISResults computes area from bytes RLE
-        if isinstance(d["segmentation"]["counts"], str):
-            d["segmentation"] = {**d["segmentation"], "counts": d["segmentation"]["counts"].encode("ascii")}
+        d["segmentation"] = rle_for_pycocotools(d["segmentation"])
     if not dets:
         return {**{k: 0.0 for k in LVIS_KEYS}, "detections": 0, "images": len(keep_img)}
     logging.getLogger("lvis").setLevel(logging.WARNING)

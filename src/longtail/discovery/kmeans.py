@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClusterMixin
 
 from longtail.common.errors import LongtailError
 
@@ -65,10 +66,6 @@ def poincare_dist(x: torch.Tensor, y: torch.Tensor, c: float = 1.0) -> torch.Ten
     z = 2 * c * diff2 / den
     # arcosh(1 + z) = log(1 + z + sqrt(z (z + 2))): exact for small z
     return torch.log1p(z + torch.sqrt(z * (z + 2))) / math.sqrt(c)
-
-
-def poincare_to_klein(x: torch.Tensor, c: float = 1.0) -> torch.Tensor:
-    return 2 * x / (1 + c * (x * x).sum(-1, keepdim=True))
 
 
 def klein_to_poincare(k: torch.Tensor, c: float = 1.0) -> torch.Tensor:
@@ -245,15 +242,6 @@ def _assign_kdtree_rows(X, C, c, tree, max_chunk_bytes, workers):
     return labels, r / sc, lower / sc
 
 
-def assign(X: torch.Tensor, C: torch.Tensor, c: float = 1.0, max_chunk_bytes: int = 256 << 20,
-           Xaug: torch.Tensor | None = None, method: str = "matmul") -> torch.Tensor:
-    """Index of the nearest centre: ``method`` = "matmul" (chunked surrogate product) | "kdtree"."""
-    if method == "kdtree":
-        idx = assign_kdtree(X.cpu().numpy(), C.cpu().numpy(), c, max_chunk_bytes)
-        return torch.from_numpy(idx).to(X.device)
-    return assign_matmul(X, C, c, max_chunk_bytes, Xaug)
-
-
 def augment_points(X: torch.Tensor) -> torch.Tensor:
     return torch.cat([X, (X * X).sum(1, keepdim=True), torch.ones_like(X[:, :1])], dim=1)
 
@@ -319,7 +307,7 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, c: float, generator: torch
     return X[torch.as_tensor(centers, device=X.device)].clone()
 
 
-class HyperbolicKMeans:
+class HyperbolicKMeans(ClusterMixin, BaseEstimator):
     """K-means in the Poincaré ball (curvature -c).
 
     Parameters follow ``sklearn.cluster.KMeans``: ``n_clusters``, ``init`` ("k-means++" | "random" | array
@@ -331,7 +319,12 @@ class HyperbolicKMeans:
     plain k-means++).
 
     After ``fit``: ``cluster_centers_`` (K, d), ``labels_`` (N,), ``inertia_`` (sum of squared hyperbolic
-    distances to the assigned centre), ``n_iter_``, ``iter_seconds_`` (wall time of each Lloyd iteration).
+    distances to the assigned centre), ``n_iter_``, ``iter_seconds_`` (wall time of each Lloyd iteration),
+    ``n_features_in_``.
+
+    A scikit-learn estimator (``BaseEstimator`` + ``ClusterMixin``): the constructor only stores its
+    arguments, so ``get_params``/``set_params``/``sklearn.base.clone`` work, and ``fit_predict`` is the
+    mixin's (``fit(X).labels_``).
     """
 
     def __init__(self, n_clusters: int = 8, *, init="k-means++", n_init: int = 1, max_iter: int = 100,
@@ -504,9 +497,6 @@ class HyperbolicKMeans:
     def _fitted_centers(self, X):
         C = np.asarray(self.cluster_centers_, np.float64)
         return torch.as_tensor(C, device=X.device, dtype=X.dtype) if isinstance(X, torch.Tensor) else C
-
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        return self.fit(X).labels_
 
     def score(self, X, y=None) -> float:
         """Negative inertia of X under the fitted centres (scikit-learn convention)."""

@@ -59,15 +59,6 @@ def total_var(Z: np.ndarray, space: str, curvature: float = 1.0) -> float:
     return float(((Z - Z.mean(0)) ** 2).sum())
 
 
-def inertia_of(Z: np.ndarray, centers: np.ndarray, labels: np.ndarray, space: str, curvature: float = 1.0
-               ) -> float:
-    z = torch.as_tensor(np.asarray(Z, np.float64))
-    c = torch.as_tensor(np.asarray(centers, np.float64))[torch.as_tensor(labels)]
-    if space == "poincare":
-        return float((poincare_dist(z, c, curvature) ** 2).sum())
-    return float(((z - c) ** 2).sum())
-
-
 def random_like(Z: np.ndarray, space: str, seed: int, curvature: float = 1.0) -> np.ndarray:
     """Random-embedding baseline with the same spread: Gaussian in the tangent space at 0 (mapped into the
     ball for the Poincaré space) with the per-axis std of the real embeddings."""

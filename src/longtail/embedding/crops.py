@@ -12,7 +12,7 @@ blanked pixels get the ImageNet mean colour so that they become 0 after normalis
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 
 from longtail.common.params import project_root
 from longtail.common.errors import LongtailError
-from longtail.proposals.format import decode_mask
+from longtail.common.masks import decode_mask
 
 CROP_KINDS = ("full", "fg", "bg")
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -130,8 +130,3 @@ def to_input(crops_u8: torch.Tensor | np.ndarray) -> torch.Tensor:
     mean = torch.from_numpy(MEAN).view(3, 1, 1)
     std = torch.from_numpy(STD).view(3, 1, 1)
     return (t - mean) / std
-
-
-def iter_chunks(n: int, size: int) -> Iterable[slice]:
-    for s in range(0, n, size):
-        yield slice(s, min(n, s + size))

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pycocotools import mask as mask_utils
-
 from longtail.common.errors import LongtailError
+from longtail.common.masks import rle_for_json, to_rle
 
 
 def select_anchors(gt: dict, per_category: int, seed: int, min_area: float = 0.0,
@@ -43,29 +42,15 @@ def select_anchors(gt: dict, per_category: int, seed: int, min_area: float = 0.0
     return chosen, missing
 
 
-def annotation_rle(ann: dict, height: int, width: int) -> dict:
-    """COCO annotation segmentation (polygons, RLE or uncompressed RLE) -> compressed RLE (str counts)."""
-    seg = ann.get("segmentation")
-    if seg is None or (isinstance(seg, list) and len(seg) == 0):
-        raise LongtailError(f"annotation {ann.get('id')}: no segmentation; anchors need masks.")
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = dict(seg)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    rle["counts"] = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
-    return rle
-
-
 def anchor_records(gt: dict, anns: Sequence[dict]) -> list[dict]:
     """Anchors as proposal-like records ({"image_id", "segmentation"}) for the crop extraction."""
     images = {im["id"]: im for im in gt["images"]}
     out = []
     for a in anns:
         im = images[a["image_id"]]
-        out.append({"image_id": a["image_id"], "segmentation": annotation_rle(a, im["height"], im["width"]),
+        if not a.get("segmentation"):
+            raise LongtailError(f"annotation {a.get('id')}: no segmentation; anchors need masks.")
+        rle = to_rle(a["segmentation"], im["height"], im["width"], source=f"annotation {a.get('id')}")
+        out.append({"image_id": a["image_id"], "segmentation": rle_for_json(rle),
                     "ann_id": a["id"], "category_id": a["category_id"]})
     return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from longtail.proposals.format import _bytes_rle
+from longtail.common.masks import rle_for_pycocotools
 
 
 @dataclass
@@ -58,7 +58,7 @@ def build_relations(rles: Sequence[dict], image_ids: Sequence[int], valid: np.nd
     for idx in images:
         if len(idx) == 0:
             continue
-        r = [_bytes_rle(rles[i]) for i in idx]
+        r = [rle_for_pycocotools(rles[i]) for i in idx]
         area = mask_utils.area(r).astype(np.float64)
         iou = np.asarray(mask_utils.iou(r, r, [0] * len(r))).reshape(len(r), len(r))
         # iscrowd=1 -> |d ∩ g| / |d|: row = candidate child, column = parent
@@ -143,7 +143,7 @@ def region_tree_pairs(rles: Sequence[dict], image_ids: Sequence[int], trees: dic
     nothing.
     """
     from longtail.common.errors import LongtailError
-    from longtail.proposals.format import decode_mask
+    from longtail.common.masks import decode_mask
 
     valid = np.ones(len(rles), bool) if valid is None else np.asarray(valid, bool)
     by_image: dict[int, list[int]] = {}

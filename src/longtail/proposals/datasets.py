@@ -1,16 +1,16 @@
-"""COCO datasets for the proposal stage: loading with clear errors, base/novel subsets, class-agnostic views,
-ground-truth masks as RLE."""
+"""COCO datasets for the proposal stage: loading with clear errors, base/novel subsets, class-agnostic views.
+(Ground-truth masks as RLE: :mod:`longtail.common.masks`.)"""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
-import numpy as np
 from pycocotools import mask as mask_utils
 
 from longtail.common.errors import LongtailError
 from longtail.common.io import read_json
+from longtail.common.masks import to_rle
 
 AGNOSTIC_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 SUBSETS = ("base", "novel", "all")
@@ -71,37 +71,12 @@ def class_agnostic(dataset: dict) -> dict:
         a.setdefault("iscrowd", 0)
         if "area" not in a or "bbox" not in a:
             im = ims[a["image_id"]]
-            rle = ann_to_rle(a, im["height"], im["width"])
+            rle = to_rle(a["segmentation"], im["height"], im["width"], source=f"annotation {a['id']}")
             a.setdefault("area", float(mask_utils.area(rle)))
             a.setdefault("bbox", mask_utils.toBbox(rle).tolist())
         anns.append(a)
     out["annotations"] = anns
     return out
-
-
-def ann_to_rle(ann: dict, h: int, w: int) -> dict:
-    """Polygon / uncompressed RLE / RLE segmentation -> compressed RLE (bytes counts)."""
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        if not seg:
-            return mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, h, w)
-    if isinstance(seg, dict):
-        r = dict(seg)
-        if isinstance(r["counts"], str):
-            r["counts"] = r["counts"].encode("ascii")
-        return r
-    raise LongtailError(f"annotation {ann.get('id', '?')}: segmentation of type {type(seg).__name__} "
-                        f"is neither polygons nor RLE")
-
-
-def rle_to_json(rle: dict) -> dict:
-    r = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}
-    if isinstance(r["counts"], bytes):
-        r["counts"] = r["counts"].decode("ascii")
-    return r
 
 
 def images_with_annotations(dataset: dict) -> set[int]:

@@ -16,9 +16,10 @@ from collections import defaultdict
 import numpy as np
 from tqdm import tqdm
 
-from longtail.proposals.datasets import ann_to_rle, class_agnostic
+from longtail.common.masks import decode_mask, encode_mask, to_rle
+from longtail.proposals.datasets import class_agnostic
 from longtail.proposals.evaluation import coco_eval
-from longtail.proposals.format import decode_mask, encode_mask, mask_iou_matrix
+from longtail.proposals.format import mask_iou_matrix
 
 ERROR_TYPES = ("fFP", "bFP", "FN")
 
@@ -51,7 +52,8 @@ def error_analysis(dataset: dict, records: list[dict], match_iou: float = 0.1, p
     for a in gt_set["annotations"]:
         if not a.get("iscrowd", 0):
             im = ims[a["image_id"]]
-            gt_by_img[a["image_id"]].append(ann_to_rle(a, im["height"], im["width"]))
+            gt_by_img[a["image_id"]].append(to_rle(a["segmentation"], im["height"], im["width"],
+                                                  source=f"annotation {a['id']}"))
     pred_by_img: dict[int, list[dict]] = defaultdict(list)
     for r in records:
         pred_by_img[int(r["image_id"])].append(r)

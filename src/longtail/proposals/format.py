@@ -6,6 +6,7 @@
                            "images": [{"id", "file_name", "height", "width", "num_proposals"}], ...}
 
 Proposals are sorted by image then by descending score. The directory is written atomically.
+Mask encoding and decoding: :mod:`longtail.common.masks`.
 """
 
 from __future__ import annotations
@@ -18,38 +19,18 @@ from pycocotools import mask as mask_utils
 
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_dir, read_json, write_json
+from longtail.common.masks import encode_mask, rle_for_pycocotools
 
 PROPOSALS_FILE = "proposals.json"
 INDEX_FILE = "index.json"
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """Binary HxW mask -> JSON-safe RLE."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def decode_mask(rle: dict) -> np.ndarray:
-    r = dict(rle)
-    if isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
-    return mask_utils.decode(r).astype(bool)
-
-
-def _bytes_rle(rle: dict) -> dict:
-    r = dict(rle)
-    if isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
-    return r
 
 
 def mask_iou_matrix(a: Sequence[dict], b: Sequence[dict]) -> np.ndarray:
     """Mask IoU between two lists of RLEs (pycocotools)."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    return np.asarray(mask_utils.iou([_bytes_rle(r) for r in a], [_bytes_rle(r) for r in b],
-                                     [0] * len(b)))
+    a, b = [rle_for_pycocotools(r) for r in a], [rle_for_pycocotools(r) for r in b]
+    return np.asarray(mask_utils.iou(a, b, [0] * len(b)))
 
 
 def mask_nms(rles: Sequence[dict], scores: Sequence[float], iou_thr: float, topk: int | None = None) -> list[int]:
@@ -72,7 +53,7 @@ def mask_nms(rles: Sequence[dict], scores: Sequence[float], iou_thr: float, topk
 
 def make_record(image_id: int, mask: np.ndarray | dict, score: float, **extra) -> dict:
     rle = mask if isinstance(mask, dict) else encode_mask(mask)
-    bbox = mask_utils.toBbox(_bytes_rle(rle)).tolist()
+    bbox = mask_utils.toBbox(rle_for_pycocotools(rle)).tolist()
     return {"image_id": int(image_id), "category_id": 1, "bbox": [float(v) for v in bbox],
             "segmentation": rle, "score": float(score), **extra}
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from tqdm import tqdm
 
-from longtail.proposals.datasets import ann_to_rle, rle_to_json
+from longtail.common.masks import rle_for_json, to_rle
 from longtail.proposals.format import make_record, mask_nms
 
 
@@ -32,6 +32,6 @@ def gt_records(dataset: dict) -> list[dict]:
         if a.get("iscrowd", 0):
             continue
         im = ims[a["image_id"]]
-        rle = rle_to_json(ann_to_rle(a, im["height"], im["width"]))
-        recs.append(make_record(a["image_id"], rle, 1.0, gt_ann_id=int(a.get("id", -1))))
+        rle = to_rle(a["segmentation"], im["height"], im["width"], source=f"annotation {a.get('id', '?')}")
+        recs.append(make_record(a["image_id"], rle_for_json(rle), 1.0, gt_ann_id=int(a.get("id", -1))))
     return recs

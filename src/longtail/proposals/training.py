@@ -154,24 +154,14 @@ def hierarchy_init(cfg, ckpt: Path, work_dir: Path, required: bool) -> int:
             raise LongtailError(f"proposals.train.init=hierarchy but {ckpt} does not exist; run "
                                 f"`longtail train-pixel-embedding` first or set init to random")
         return 0
-    try:
-        from longtail.hierarchy.pixel_embedding import load_pixel_embedding
+    from longtail.hierarchy.pixel_embedding import load_pixel_embedding
 
-        obj = load_pixel_embedding(ckpt).backbone  # ResNet-50 with mmdet/torchvision key names
-    except ImportError:
-        obj = torch.load(ckpt, map_location="cpu", weights_only=False)
-        obj = obj.get("backbone", obj) if isinstance(obj, dict) else obj
-    if isinstance(obj, torch.nn.Module):
-        src = obj.state_dict()
-    elif isinstance(obj, dict):
-        src = obj.get("state_dict", obj.get("model", obj))
-    else:
-        src = getattr(obj, "state_dict", dict)()
+    src = load_pixel_embedding(ckpt).backbone.state_dict()  # ResNet-50 with mmdet/torchvision key names
     register_all_modules(init_default_scope=False)
     target = MODELS.build(cfg.model.backbone).state_dict()
     prefixes = ("module.", "backbone.", "encoder.", "model.", "body.", "resnet.", "net.")
     out = {}
-    for k, v in (src or {}).items():
+    for k, v in src.items():
         if not isinstance(v, torch.Tensor):
             continue
         name = k

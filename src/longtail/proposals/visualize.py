@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from longtail.common.io import atomic_path
-from longtail.proposals.format import decode_mask
+from longtail.common.masks import decode_mask
 
 
 def overlay_figure(dataset: dict, records: list[dict], out: str | Path, *, num_images: int = 4, per_image: int = 10,

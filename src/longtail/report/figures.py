@@ -85,7 +85,7 @@ def mask_tile(image_path: Path, rle: dict, size: int) -> np.ndarray:
     """Crop of the proposal's box with the mask highlighted (other pixels dimmed), size x size RGB."""
     from PIL import Image
 
-    from longtail.proposals.format import decode_mask
+    from longtail.common.masks import decode_mask
 
     img = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32)
     m = decode_mask(rle)

@@ -199,10 +199,7 @@ def build_backbone(cfg: dict, seed: int = 0) -> Backbone:
             raise LongtailError(f"annotation_free.backbone.checkpoint: pixel-embedding checkpoint {ckpt!r} not "
                                 f"found; run `longtail train-pixel-embedding` first or use "
                                 f"--set annotation_free.backbone.type=torchvision.")
-        try:
-            from longtail.hierarchy import load_pixel_embedding
-        except ImportError:
-            from longtail.hierarchy.pixel_embedding import load_pixel_embedding
+        from longtail.hierarchy import load_pixel_embedding
 
         net = load_pixel_embedding(ckpt)
         name = f"pixel_embedding {ckpt}"

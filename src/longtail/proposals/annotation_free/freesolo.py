@@ -28,6 +28,8 @@ def pseudo_coco(dataset: dict, records: list[dict], *, score_thr: float, max_per
     """COCO instances JSON (one class 'object') whose annotations are the pseudo-masks in ``records``."""
     from pycocotools import mask as mask_utils
 
+    from longtail.common.masks import rle_for_pycocotools
+
     by_image: dict[int, list[dict]] = {}
     for r in records:
         if r["score"] >= score_thr:
@@ -37,8 +39,7 @@ def pseudo_coco(dataset: dict, records: list[dict], *, score_thr: float, max_per
         recs = sorted(recs, key=lambda r: -r["score"])[:max_per_image]
         for r in recs:
             seg = dict(r["segmentation"])
-            rle = dict(seg, counts=seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"])
-            area = float(mask_utils.area(rle))
+            area = float(mask_utils.area(rle_for_pycocotools(seg)))
             x, y, w, h = r["bbox"]
             if area < 1 or w < 1 or h < 1:
                 continue
@@ -216,7 +217,7 @@ def pseudo_vs_model_figure(dataset: dict, pseudo: list[dict], predicted: list[di
 
     from longtail.proposals.annotation_free import image_path
     from longtail.proposals.annotation_free.backbone import load_image
-    from longtail.proposals.format import decode_mask
+    from longtail.common.masks import decode_mask
 
     def overlay(img, recs, seed):
         rng = np.random.default_rng(seed)

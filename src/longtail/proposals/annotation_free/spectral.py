@@ -81,7 +81,8 @@ def split_components(mask: np.ndarray, min_area: int) -> list[np.ndarray]:
 def spectral_masks(feat: torch.Tensor, out_hw: tuple[int, int], *, ks=(2, 3, 4, 5), saliency_thr: float = 0.5,
                    nms_iou: float = 0.8, min_area: int = 0, split: bool = True, seed: int = 0) -> SpectralResult:
     """Mask proposals from multi-k spectral clustering of features ``feat`` (E, h, w), at size ``out_hw``."""
-    from longtail.proposals.format import encode_mask, mask_nms
+    from longtail.common.masks import encode_mask
+    from longtail.proposals.format import mask_nms
 
     h, w = feat.shape[1:]
     ks = sorted({int(k) for k in ks} | {2})           # k = 2 is always needed for the saliency map
