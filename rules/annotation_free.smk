@@ -1,23 +1,23 @@
 # annotation-free proposals (issue 6): UCM regions, Free Mask and multi-k spectral masks (Wang et al. 2022 3.2,
 # Engstler et al. 2023) on val; Free Mask on train = FreeSOLO's pseudo-masks; FreeSOLO (SOLOv2 + weak losses +
 # self-training, Wang et al. 3.3) and its proposals on val. All are scored by rules/proposals.smk's
-# eval_proposals (results/proposals/<method>/metrics_val.json). topk=100: the table reports AR@100.
+# eval_proposals (<proposals.out_dir>/<method>/metrics_val.json). `longtail propose` keeps annotation_free.topk
+# (100: the table reports AR@100) proposals per image for these methods, proposals.topk for the others.
 AF = config["annotation_free"]
-AF_PROP = config["proposals"]["out_dir"]
-AF_DATA = config["data"]["out_dir"]
 AF_FREESOLO = AF["freesolo"]["work_dir"]
 AF_BACKBONE = [AF["backbone"]["checkpoint"]] if AF["backbone"]["checkpoint"] else []
 
 
 rule propose_ucm:
     input:
-        dataset=f"{AF_DATA}/{{split}}.json",
+        dataset=f"{DATA}/{{split}}.json",
         trees=f"{AF['ucm']['tree_dir']}/{{split}}",
         more_trees=expand("{d}/{{split}}", d=AF["ucm"]["more_tree_dirs"]),
     output:
-        directory(f"{AF_PROP}/ucm/{{split}}"),
+        proposals=directory(f"{PROP}/ucm/{{split}}"),
     params:
-        section=AF["ucm"],
+        # the verb's NMS + top-K, the method's section
+        reads=config_keys("proposals.nms_iou", "annotation_free.topk", "annotation_free.ucm"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -27,17 +27,19 @@ rule propose_ucm:
     log:
         "results/logs/propose_ucm_{split}.log",
     shell:
-        "longtail propose --method ucm --dataset {input.dataset} --out-dir {output} --set proposals.topk=100 2> {log}"
+        "longtail propose --method ucm --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
 
 
 rule propose_freemask:
     input:
-        dataset=f"{AF_DATA}/{{split}}.json",
+        dataset=f"{DATA}/{{split}}.json",
         backbone=AF_BACKBONE,
     output:
-        directory(f"{AF_PROP}/freemask/{{split}}"),
+        proposals=directory(f"{PROP}/freemask/{{split}}"),
     params:
-        section=AF["freemask"],
+        # + the dense-feature settings: seed, threads, image size, backbone
+        reads=config_keys("seed", "proposals.nms_iou", "annotation_free.topk", "annotation_free.threads",
+                          "annotation_free.image", "annotation_free.backbone", "annotation_free.freemask"),
     threads: 2
     resources:
         mem_mb=6000,
@@ -48,18 +50,18 @@ rule propose_freemask:
     log:
         "results/logs/propose_freemask_{split}.log",
     shell:
-        "longtail propose --method freemask --dataset {input.dataset} --out-dir {output} --set proposals.topk=100 "
-        "2> {log}"
+        "longtail propose --method freemask --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
 
 
 rule propose_spectral:
     input:
-        dataset=f"{AF_DATA}/{{split}}.json",
+        dataset=f"{DATA}/{{split}}.json",
         backbone=AF_BACKBONE,
     output:
-        directory(f"{AF_PROP}/spectral/{{split}}"),
+        proposals=directory(f"{PROP}/spectral/{{split}}"),
     params:
-        section=AF["spectral"],
+        reads=config_keys("seed", "proposals.nms_iou", "annotation_free.topk", "annotation_free.threads",
+                          "annotation_free.image", "annotation_free.backbone", "annotation_free.spectral"),
     threads: 2
     resources:
         mem_mb=6000,
@@ -70,21 +72,21 @@ rule propose_spectral:
     log:
         "results/logs/propose_spectral_{split}.log",
     shell:
-        "longtail propose --method spectral --dataset {input.dataset} --out-dir {output} --set proposals.topk=100 "
-        "2> {log}"
+        "longtail propose --method spectral --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
 
 
 rule train_freesolo:
     input:
-        dataset=f"{AF_DATA}/train.json",
-        pseudo=f"{AF_PROP}/freemask/train",
+        dataset=rules.prepare.output.train,
+        pseudo=expand(rules.propose_freemask.output.proposals, split="train"),
     output:
         model=f"{AF_FREESOLO}/model.pth",
         config=f"{AF_FREESOLO}/config.py",
         metrics=f"{AF_FREESOLO}/metrics.json",
         figure=f"{AF_FREESOLO}/pseudo_vs_model.png",
     params:
-        section=AF["freesolo"],
+        reads=config_keys("seed", "annotation_free.freesolo"),
+        work_dir=AF_FREESOLO,
     threads: 2
     resources:
         mem_mb=12000,
@@ -95,19 +97,20 @@ rule train_freesolo:
     log:
         "results/logs/train_freesolo.log",
     shell:
-        "longtail train-freesolo --dataset {input.dataset} --pseudo {input.pseudo} --work-dir " + AF_FREESOLO + " "
+        "longtail train-freesolo --dataset {input.dataset} --pseudo {input.pseudo} --work-dir {params.work_dir} "
         "--figure {output.figure} 2> {log}"
 
 
 rule propose_solov2_free:
     input:
-        model=f"{AF_FREESOLO}/model.pth",
-        config=f"{AF_FREESOLO}/config.py",
-        dataset=f"{AF_DATA}/{{split}}.json",
+        model=rules.train_freesolo.output.model,
+        config=rules.train_freesolo.output.config,
+        dataset=f"{DATA}/{{split}}.json",
     output:
-        directory(f"{AF_PROP}/solov2-free/{{split}}"),
+        proposals=directory(f"{PROP}/solov2-free/{{split}}"),
     params:
-        section=AF["freesolo"],
+        reads=config_keys("proposals.nms_iou", "annotation_free.topk", "annotation_free.freesolo"),
+        model_dir=AF_FREESOLO,  # the train_freesolo work dir of input.model / input.config
     threads: 2
     resources:
         mem_mb=8000,
@@ -118,12 +121,12 @@ rule propose_solov2_free:
     log:
         "results/logs/propose_solov2_free_{split}.log",
     shell:
-        "longtail propose --method solov2-free --dataset {input.dataset} --out-dir {output} --model-dir "
-        + AF_FREESOLO + " --set proposals.topk=100 2> {log}"
+        "longtail propose --method solov2-free --dataset {input.dataset} --out-dir {output.proposals} "
+        "--model-dir {params.model_dir} 2> {log}"
 
 
-EXTRA_TARGETS += expand(f"{AF_PROP}/{{method}}/metrics_val.json", method=PIPE["annotation_free"])
+EXTRA_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=PIPE["annotation_free"])
 if "solov2-free" in PIPE["annotation_free"]:
-    EXTRA_TARGETS += [f"{AF_FREESOLO}/pseudo_vs_model.png"]
-ABLATION_TARGETS += expand(f"{AF_PROP}/{{method}}/metrics_val.json", method=["ucm", "freemask", "spectral", "solov2-free"])
-ABLATION_TARGETS += [f"{AF_FREESOLO}/pseudo_vs_model.png"]
+    EXTRA_TARGETS += [rules.train_freesolo.output.figure]
+ABLATION_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=AF_METHODS)
+ABLATION_TARGETS += [rules.train_freesolo.output.figure]

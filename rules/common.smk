@@ -32,9 +32,35 @@ onerror:
     end_pipeline_run("FAILED")
 
 
+# Where each stage writes: the `out_dir` of its params section (rules type no results/... path of their own;
+# dvc.yaml reads the same keys as ${<section>.out_dir}). Rules name their inputs after another rule's outputs
+# (`rules.<rule>.output.<name>`) where one rule makes them.
+DATA = config["data"]["out_dir"]
+HIER = config["hierarchy"]["out_dir"]
+PROP = config["proposals"]["out_dir"]
+EMB_DIR = config["embedding"]["out_dir"]
+DISC_DIR = config["discovery"]["out_dir"]
+REPORT_DIR = config["report"]["out_dir"]
+
+
+# `params: reads=config_keys(...)` of every rule = exactly the config sections / dotted keys its command reads,
+# the same list as the `params:` of its dvc.yaml stage. Snakemake's `rerun-triggers: params` (the profiles) then
+# reruns a job when one of them changes, as `dvc repro` does; tests/test_orchestration.py checks that the two
+# lists agree. A rule's other `params` are command-line pieces (e.g. a work dir), never unused config copies.
+def config_keys(*keys):
+    """{dotted key: its value in the config} of the keys a rule's command reads."""
+    out = {}
+    for key in keys:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
 def final_targets():
     """What `rule all` builds: the report when the stages it needs exist, else the last stage present."""
-    targets = [f"{config['data']['out_dir']}/metrics.json"]
+    targets = [f"{DATA}/metrics.json"]
     targets += EXTRA_TARGETS
     return targets
 
@@ -44,3 +70,10 @@ def final_targets():
 EXTRA_TARGETS = []
 ABLATION_TARGETS = []
 PIPE = config["pipeline"]
+
+# Method names, written once (longtail.common.params): the annotation-free methods (the schema's enum) and every
+# proposal set a rule may embed / cluster (gt, the networks of proposals.models, the annotation-free methods).
+from longtail.common.params import annotation_free_methods, proposal_sets
+
+AF_METHODS = list(annotation_free_methods())
+PROPOSAL_SETS = proposal_sets(config)

@@ -5,13 +5,14 @@ rule prepare:
     input:
         "data",
     output:
-        train=f"{config['data']['out_dir']}/train.json",
-        train_base=f"{config['data']['out_dir']}/train_base.json",
-        val=f"{config['data']['out_dir']}/val.json",
-        categories=f"{config['data']['out_dir']}/categories.json",
-        metrics=f"{config['data']['out_dir']}/metrics.json",
+        train=f"{DATA}/train.json",
+        train_base=f"{DATA}/train_base.json",
+        val=f"{DATA}/val.json",
+        categories=f"{DATA}/categories.json",
+        metrics=f"{DATA}/metrics.json",
     params:
-        section=config["data"],
+        reads=config_keys("data"),
+        out_dir=DATA,
     threads: 1
     resources:
         mem_mb=4000,
@@ -21,4 +22,4 @@ rule prepare:
     log:
         "results/logs/prepare.log",
     shell:
-        "longtail prepare --out-dir {config[data][out_dir]} 2> {log}"
+        "longtail prepare --out-dir {params.out_dir} 2> {log}"

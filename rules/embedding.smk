@@ -1,26 +1,28 @@
 # embedding: mask-triplet Poincare embeddings (Weng et al. 2021, 3.2, 4.1) and the Table 2 ablations.
-# results/embedding/<method>/<variant>/{model.pt, metrics.json, embeddings.npz, embed_metrics.json}
-#   method  = a proposal set results/proposals/<method>/ (embedding.proposal_methods)
+# <embedding.out_dir>/<method>/<variant>/{model.pt, metrics.json, embeddings.npz, embed_metrics.json}
+#   method  = a proposal set <proposals.out_dir>/<method>/ (gt, a proposals.models key, an annotation-free method)
 #   variant = a key of embedding.variants (poincare = the paper's setting, euclidean, alpha*/beta*, no_*, rp*)
 EMB = config["embedding"]
-EMB_DIR = "results/embedding"
-EMB_METHODS = list(EMB["proposal_methods"])
 EMB_VARIANTS = list(EMB["variants"])
+# wildcard constraints of every rule over <method>/<variant>/ (embedding and discovery)
+EMB_METHOD = "|".join(PROPOSAL_SETS)
+EMB_VARIANT = "|".join(v.replace(".", r"\.") for v in EMB_VARIANTS)
 
 
 rule train_embedding:
     input:
-        proposals="results/proposals/{method}/train",
+        proposals=f"{PROP}/{{method}}/train",
         # UCM region trees of the train images (hierarchy stage): extra parent/child pairs where present
-        trees=f"{config['hierarchy']['out_dir']}/ucm/train",
+        trees=f"{HIER}/ucm/train",
     output:
         model=f"{EMB_DIR}/{{method}}/{{variant}}/model.pt",
         metrics=f"{EMB_DIR}/{{method}}/{{variant}}/metrics.json",
     wildcard_constraints:
-        method="|".join(EMB_METHODS),
-        variant="|".join(v.replace(".", r"\.") for v in EMB_VARIANTS),
+        method=EMB_METHOD,
+        variant=EMB_VARIANT,
     params:
-        section=EMB,
+        reads=config_keys("seed", "embedding"),
+        out_dir=f"{EMB_DIR}/{{method}}/{{variant}}",
     threads: 1
     resources:
         mem_mb=6000,
@@ -32,22 +34,22 @@ rule train_embedding:
         "results/logs/train_embedding_{method}_{variant}.log",
     shell:
         "longtail train-embedding --proposals {input.proposals} --region-trees {input.trees} "
-        "--variant {wildcards.variant} --out-dir " + EMB_DIR + "/{wildcards.method}/{wildcards.variant} 2> {log}"
+        "--variant {wildcards.variant} --out-dir {params.out_dir} 2> {log}"
 
 
 rule embed:
     input:
-        model=f"{EMB_DIR}/{{method}}/{{variant}}/model.pt",
-        proposals="results/proposals/{method}/val",
-        anchors=f"{config['data']['out_dir']}/train.json",
+        model=rules.train_embedding.output.model,
+        proposals=f"{PROP}/{{method}}/val",
+        anchors=rules.prepare.output.train,
     output:
         embeddings=f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz",
         metrics=f"{EMB_DIR}/{{method}}/{{variant}}/embed_metrics.json",
     wildcard_constraints:
-        method="|".join(EMB_METHODS),
-        variant="|".join(v.replace(".", r"\.") for v in EMB_VARIANTS),
+        method=EMB_METHOD,
+        variant=EMB_VARIANT,
     params:
-        section=EMB,
+        reads=config_keys("seed", "embedding"),
     threads: 1
     resources:
         mem_mb=6000,
@@ -62,7 +64,6 @@ rule embed:
         "--out {output.embeddings} --metrics {output.metrics} 2> {log}"
 
 
-EXTRA_TARGETS += expand(f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz", method=PIPE["embedding_methods"],
+EXTRA_TARGETS += expand(rules.embed.output.embeddings, method=PIPE["embedding_methods"],
                         variant=PIPE["embedding_variants"])
-ABLATION_TARGETS += expand(f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz", method=PIPE["embedding_methods"],
-                           variant=EMB_VARIANTS)
+ABLATION_TARGETS += expand(rules.embed.output.embeddings, method=PIPE["embedding_methods"], variant=EMB_VARIANTS)

@@ -1,10 +1,10 @@
 # hierarchy: HED edges -> OWT-UCM region trees (COCO train/val of `longtail prepare`, BSDS500 val), the BSDS500
 # benchmark, and pixel embeddings trained from the region trees (Zhang & Maire 2020).
-# Outputs: results/hierarchy/{edges,ucm}/<set>/, figures/hierarchy_<set>.png, bsds_val.json, pixel_embedding.pt
-HIER = config["hierarchy"]["out_dir"]
+# Outputs (HIER = hierarchy.out_dir): {edges,ucm}/<set>/, figures/hierarchy_<set>.png, bsds_val.json,
+# pixel_embedding.pt
 HIER_SOURCES = {
-    "train": f"{config['data']['out_dir']}/train.json",
-    "val": f"{config['data']['out_dir']}/val.json",
+    "train": rules.prepare.output.train,
+    "val": rules.prepare.output.val,
     "bsds_val": "data/bsds500/images/val",
 }
 
@@ -21,7 +21,7 @@ rule hierarchy_edges:
         edges=directory(f"{HIER}/edges/{{imgset}}"),
         metrics=f"{HIER}/metrics/edges_{{imgset}}.json",
     params:
-        section=config["hierarchy"],
+        reads=config_keys("hierarchy"),
     threads: 2
     resources:
         mem_mb=6000,
@@ -37,13 +37,13 @@ rule hierarchy_edges:
 
 rule hierarchy_ucm:
     input:
-        edges=f"{HIER}/edges/{{imgset}}",
+        edges=rules.hierarchy_edges.output.edges,
     output:
         trees=directory(f"{HIER}/ucm/{{imgset}}"),
         metrics=f"{HIER}/metrics/ucm_{{imgset}}.json",
         figure=f"{HIER}/figures/hierarchy_{{imgset}}.png",
     params:
-        section=config["hierarchy"],
+        reads=config_keys("hierarchy"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -74,7 +74,7 @@ rule hierarchy_edges_variant:
         edges=directory(f"{HIER}/variants/{{variant}}/edges/{{imgset}}"),
         metrics=f"{HIER}/variants/{{variant}}/metrics/edges_{{imgset}}.json",
     params:
-        section=config["hierarchy"],
+        reads=config_keys("hierarchy"),
         sets=_variant_sets,
     threads: 2
     resources:
@@ -92,12 +92,12 @@ rule hierarchy_edges_variant:
 
 rule hierarchy_ucm_variant:
     input:
-        edges=f"{HIER}/variants/{{variant}}/edges/{{imgset}}",
+        edges=rules.hierarchy_edges_variant.output.edges,
     output:
         trees=directory(f"{HIER}/variants/{{variant}}/ucm/{{imgset}}"),
         metrics=f"{HIER}/variants/{{variant}}/metrics/ucm_{{imgset}}.json",
     params:
-        section=config["hierarchy"],
+        reads=config_keys("hierarchy"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -116,9 +116,9 @@ rule hierarchy_bsds:
         gt="data/bsds500/groundTruth/val",
         reference="data/bsds500/ucm2/val",
     output:
-        f"{HIER}/bsds_val.json",
+        metrics=f"{HIER}/bsds_val.json",
     params:
-        section=config["hierarchy"],
+        reads=config_keys("hierarchy"),
     threads: config["hierarchy"]["bench"]["nproc"]
     resources:
         mem_mb=6000,
@@ -130,7 +130,7 @@ rule hierarchy_bsds:
         "results/logs/hierarchy_bsds.log",
     shell:
         "longtail bsds --images {input.images} --gt {input.gt} --reference-ucm {input.reference} "
-        "--out {output} 2> {log}"
+        "--out {output.metrics} 2> {log}"
 
 
 rule train_pixel_embedding:
@@ -142,7 +142,7 @@ rule train_pixel_embedding:
         model=f"{HIER}/pixel_embedding.pt",
         metrics=f"{HIER}/metrics/pixel_embedding.json",
     params:
-        section=config["hierarchy"],
+        reads=config_keys("seed", "hierarchy"),
     threads: 2
     resources:
         mem_mb=8000,
@@ -158,4 +158,4 @@ rule train_pixel_embedding:
 
 
 EXTRA_TARGETS += expand(f"{HIER}/ucm/{{imgset}}", imgset=list(HIER_SOURCES))
-EXTRA_TARGETS += [f"{HIER}/bsds_val.json", f"{HIER}/pixel_embedding.pt"]
+EXTRA_TARGETS += [rules.hierarchy_bsds.output.metrics, rules.train_pixel_embedding.output.model]

@@ -1,7 +1,6 @@
 # proposals: class-agnostic proposal networks (Mask R-CNN, SOLOv2; Weng et al. 3.1) trained on base categories,
 # the oracle `gt` proposal set, class-agnostic evaluation, segmentation error analysis and the DCL ablation
-# (Chen et al. 2022). Outputs: results/proposals/<method>/<split>/ (shared format), metrics_<split>.json.
-PROP = config["proposals"]["out_dir"]
+# (Chen et al. 2022). Outputs (PROP = proposals.out_dir): <method>/<split>/ (shared format), metrics_<split>.json.
 PROP_NETWORKS = list(config["proposals"]["models"])
 PROP_SPLITS = ["train", "val"]
 
@@ -12,11 +11,11 @@ wildcard_constraints:
 
 rule propose_gt:
     input:
-        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+        dataset=f"{DATA}/{{split}}.json",
     output:
-        directory(f"{PROP}/gt/{{split}}"),
+        proposals=directory(f"{PROP}/gt/{{split}}"),
     params:
-        section=config["proposals"],
+        reads=config_keys("proposals"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -26,12 +25,12 @@ rule propose_gt:
     log:
         "results/logs/propose_gt_{split}.log",
     shell:
-        "longtail propose --method gt --dataset {input.dataset} --out-dir {output} 2> {log}"
+        "longtail propose --method gt --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
 
 
 rule train_proposals:
     input:
-        train=f"{config['data']['out_dir']}/train_base.json",
+        train=rules.prepare.output.train_base,
     output:
         model=f"{PROP}/models/{{model}}/model.pth",
         config=f"{PROP}/models/{{model}}/config.py",
@@ -39,7 +38,8 @@ rule train_proposals:
     wildcard_constraints:
         model="|".join(PROP_NETWORKS),
     params:
-        section=config["proposals"],
+        reads=config_keys("seed", "proposals"),
+        work_dir=f"{PROP}/models/{{model}}",
     threads: 2
     resources:
         mem_mb=12000,
@@ -52,20 +52,21 @@ rule train_proposals:
     shell:
         # evaluation happens once, on the proposal sets (eval_proposals), not again inside training
         "longtail train-proposals --model {wildcards.model} --train-json {input.train} "
-        "--work-dir " + PROP + "/models/{wildcards.model} 2> {log}"
+        "--work-dir {params.work_dir} 2> {log}"
 
 
 rule propose:
     input:
         model=f"{PROP}/models/{{method}}/model.pth",
         config=f"{PROP}/models/{{method}}/config.py",
-        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+        dataset=f"{DATA}/{{split}}.json",
     output:
-        directory(f"{PROP}/{{method}}/{{split}}"),
+        proposals=directory(f"{PROP}/{{method}}/{{split}}"),
     wildcard_constraints:
         method="|".join(PROP_NETWORKS),
     params:
-        section=config["proposals"],
+        reads=config_keys("proposals"),
+        model_dir=f"{PROP}/models/{{method}}",  # the train_proposals work dir of input.model / input.config
     threads: 2
     resources:
         mem_mb=8000,
@@ -76,22 +77,22 @@ rule propose:
     log:
         "results/logs/propose_{method}_{split}.log",
     shell:
-        "longtail propose --method {wildcards.method} --dataset {input.dataset} --out-dir {output} "
-        "--model-dir " + PROP + "/models/{wildcards.method} 2> {log}"
+        "longtail propose --method {wildcards.method} --dataset {input.dataset} --out-dir {output.proposals} "
+        "--model-dir {params.model_dir} 2> {log}"
 
 
 # any proposal set (networks, gt, annotation-free methods): class-agnostic AP/AR on base, novel and all
 rule eval_proposals:
     input:
         proposals=f"{PROP}/{{method}}/{{split}}",
-        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+        dataset=f"{DATA}/{{split}}.json",
     output:
         metrics=f"{PROP}/{{method}}/metrics_{{split}}.json",
         figure=f"{PROP}/{{method}}/overlay_{{split}}.png",
     wildcard_constraints:
         method="[A-Za-z0-9_-]+",
     params:
-        section=config["proposals"],
+        reads=config_keys("proposals"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -108,13 +109,13 @@ rule eval_proposals:
 rule error_analysis:
     input:
         proposals=f"{PROP}/{{method}}/{{split}}",
-        dataset=f"{config['data']['out_dir']}/{{split}}.json",
+        dataset=f"{DATA}/{{split}}.json",
     output:
-        f"{PROP}/{{method}}/errors_{{split}}.json",
+        errors=f"{PROP}/{{method}}/errors_{{split}}.json",
     wildcard_constraints:
         method="[A-Za-z0-9_-]+",
     params:
-        section=config["proposals"],
+        reads=config_keys("proposals.error_analysis"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -124,7 +125,8 @@ rule error_analysis:
     log:
         "results/logs/error_analysis_{method}_{split}.log",
     shell:
-        "longtail error-analysis --proposals {input.proposals} --dataset {input.dataset} --out {output} 2> {log}"
+        "longtail error-analysis --proposals {input.proposals} --dataset {input.dataset} --out {output.errors} "
+        "2> {log}"
 
 
 # DCL ablation (Chen et al. 2022): the same data and schedule with and without the dense contrastive loss
@@ -137,9 +139,11 @@ rule dcl_ablation:
         base_train=f"{PROP}/models/maskrcnn/metrics.json",
         dcl_train=f"{PROP}/models/maskrcnn_dcl/metrics.json",
     output:
-        f"{PROP}/dcl_ablation.json",
+        comparison=f"{PROP}/dcl_ablation.json",
     params:
-        section=config["proposals"],
+        reads=config_keys("proposals"),
+        baseline=f"{PROP}/maskrcnn",  # the folders of the metrics_val.json / errors_val.json inputs
+        variant=f"{PROP}/maskrcnn_dcl",
     threads: 1
     resources:
         mem_mb=1000,
@@ -149,8 +153,8 @@ rule dcl_ablation:
     log:
         "results/logs/dcl_ablation.log",
     shell:
-        "longtail compare-proposals --baseline " + PROP + "/maskrcnn --variant " + PROP + "/maskrcnn_dcl "
-        "--split val --out {output} 2> {log}"
+        "longtail compare-proposals --baseline {params.baseline} --variant {params.variant} "
+        "--split val --out {output.comparison} 2> {log}"
 
 
 EXTRA_TARGETS += expand(f"{PROP}/gt/{{split}}", split=PROP_SPLITS)
@@ -160,4 +164,4 @@ EXTRA_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PIPE["propo
 ABLATION_TARGETS += expand(f"{PROP}/{{method}}/{{split}}", method=PROP_NETWORKS, split=PROP_SPLITS)
 ABLATION_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=PROP_NETWORKS)
 ABLATION_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PROP_NETWORKS)
-ABLATION_TARGETS += [f"{PROP}/dcl_ablation.json"]
+ABLATION_TARGETS += [rules.dcl_ablation.output.comparison]

@@ -84,6 +84,41 @@ def test_every_dvc_stage_tracks_code_and_params(both):
         assert st["params"], f"{st['name']} declares no params"
 
 
+def rule_reads() -> dict[str, set[str] | None]:
+    """``params: reads=config_keys(...)`` of every rule of rules/*.smk (None: the rule declares none)."""
+    import ast
+
+    out: dict[str, set[str] | None] = {}
+    for f in sorted((REPO / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", f.read_text(), re.M | re.S):
+            m = re.search(r"reads=config_keys\(([^)]*)\)", body)
+            out[name] = set(ast.literal_eval(f"({m.group(1)},)")) if m else None
+    return out
+
+
+def test_rule_params_are_the_dvc_stage_params(both):
+    """A rule's `params` (Snakemake's rerun trigger) = the config keys of its dvc.yaml stage, and every key names
+    a real config entry; no rule carries an unused config copy."""
+    import yaml
+
+    smk, dvc = both
+    reads = rule_reads()
+    assert all(keys for keys in reads.values()), f"rules without reads=config_keys(...): " \
+                                                 f"{sorted(r for r, k in reads.items() if not k)}"
+    for cmd, job in smk.items():
+        assert reads[job["rule"]] == dvc[cmd]["params"], (f"{job['rule']}: params {sorted(reads[job['rule']])} "
+                                                          f"vs dvc.yaml {dvc[cmd]['name']} {sorted(dvc[cmd]['params'])}")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for rule, keys in reads.items():
+        for key in keys:
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"rule {rule}: {key} is not a key of params.yaml"
+                node = node[part]
+    text = "".join(f.read_text() for f in (REPO / "rules").glob("*.smk"))
+    assert "section=" not in text and "results/proposals" not in text and "results/embedding" not in text
+
+
 @pytest.mark.slow
 def test_configfile_overlay_reaches_the_cli(tmp_path):
     """`snakemake --configfile experiment.yaml` changes what the `longtail` jobs compute (via $LONGTAIL_CONFIG)."""

@@ -6,5 +6,4 @@ custom_imports = dict(imports=['longtail.proposals.dcl'], allow_failed_imports=F
 model = dict(
     roi_head=dict(
         mask_head=dict(
-            type='DCLFCNMaskHead',
-            loss_dcl=dict(loss_weight=1.2, temperature=0.07, num_samples=32, proj_dim=128))))
+            type='DCLFCNMaskHead')))   # loss_dcl (lambda, tau, K, projection size): train-proposals, from proposals.dcl

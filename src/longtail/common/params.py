@@ -62,6 +62,45 @@ def _draft():
     return DRAFT202012
 
 
+def schema_file(name: str, schema_dir: Path | None = None) -> dict:
+    """One schema file of ``workflow/schemas`` (``name`` = ``params`` or a section: ``embedding``, ...)."""
+    schema_dir = schema_dir or project_root() / "workflow" / "schemas"
+    return _load_yaml(schema_dir / f"{name}.schema.yaml", "schema")
+
+
+# Names the pipeline, the CLI and the report share; the schema is where they are written (once).
+
+def annotation_free_methods() -> tuple[str, ...]:
+    """The annotation-free proposal methods (``pipeline.annotation_free``'s enum in params.schema.yaml)."""
+    return tuple(schema_file("params")["properties"]["pipeline"]["properties"]["annotation_free"]["items"]["enum"])
+
+
+def proposal_sets(params: dict) -> list[str]:
+    """Every proposal set a ``longtail propose`` run can write under ``proposals.out_dir``: the ``gt`` oracle,
+    the networks of ``proposals.models`` and the annotation-free methods (the sets the embedding stage and the
+    report accept as ``<method>``)."""
+    return ["gt", *section(params, "proposals")["models"], *annotation_free_methods()]
+
+
+def propose_topk(params: dict, method: str) -> int:
+    """Proposals ``longtail propose --method <method>`` keeps per image after its mask NMS: ``annotation_free.topk``
+    for the annotation-free methods (their table reports AR@100), ``proposals.topk`` for gt and the networks."""
+    if method in annotation_free_methods():
+        return int(section(params, "annotation_free")["topk"])
+    return int(section(params, "proposals")["topk"])
+
+
+def variant_keys() -> tuple[str, ...]:
+    """Keys of the embedding section a Table 2 variant (``embedding.variants.<name>``) may override
+    (``$defs.overridable`` of embedding.schema.yaml, which also validates them)."""
+    return tuple(schema_file("embedding")["$defs"]["overridable"]["properties"])
+
+
+def embedding_variants(params: dict) -> list[str]:
+    """The Table 2 variant names, in params.yaml's order (``embedding.variants``)."""
+    return list(section(params, "embedding")["variants"])
+
+
 def validate_params(params: dict, source: str = "params.yaml") -> None:
     """Validate against the schema; the error names the key path and what is allowed."""
     import jsonschema

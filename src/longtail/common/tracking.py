@@ -6,6 +6,7 @@
   share one parent run found by the tag ``longtail.pipeline_key``.
 * Every stage run gets: the stage's params section (flattened), its metrics, its artifacts, and tags with
   the git commit and the md5 of ``data.dvc``.
+* Experiment: ``tracking.experiment`` of params.yaml; ``$LONGTAIL_EXPERIMENT`` overrides it (tests).
 * ``LONGTAIL_MLFLOW=0`` turns tracking off (metrics files are still written).
 """
 
@@ -18,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from longtail.common.distributed import is_rank_zero
 from longtail.common.io import write_json
-from longtail.common.params import flatten, params_hash, project_root
+from longtail.common.params import flatten, load_params, params_hash, project_root, section
 
-EXPERIMENT = os.environ.get("LONGTAIL_EXPERIMENT", "longtail")
+#: ``$LONGTAIL_EXPERIMENT``: overrides ``tracking.experiment`` (None: params.yaml's value is used)
+EXPERIMENT = os.environ.get("LONGTAIL_EXPERIMENT") or None
 PARENT_ENV = "LONGTAIL_PARENT_RUN_ID"
 
 
@@ -30,7 +33,8 @@ def tracking_uri() -> str:
 
 
 def enabled() -> bool:
-    return os.environ.get("LONGTAIL_MLFLOW", "1") not in ("0", "false", "no")
+    """Off with ``LONGTAIL_MLFLOW=0`` and in ranks > 0 of a torchrun/srun training world (rank 0 logs for it)."""
+    return os.environ.get("LONGTAIL_MLFLOW", "1") not in ("0", "false", "no") and is_rank_zero()
 
 
 def git_commit() -> str:
@@ -63,17 +67,28 @@ def _client():
     return MlflowClient(tracking_uri())
 
 
-def experiment_id(client) -> str:
-    exp = client.get_experiment_by_name(EXPERIMENT)
+def experiment_name(params: dict | None = None) -> str:
+    """``$LONGTAIL_EXPERIMENT``, else ``tracking.experiment`` of ``params`` (the whole params.yaml; loaded when
+    not given)."""
+    if EXPERIMENT:
+        return EXPERIMENT
+    if params is None or "tracking" not in params:
+        params = load_params()
+    return section(params, "tracking")["experiment"]
+
+
+def experiment_id(client, params: dict | None = None) -> str:
+    name = experiment_name(params)
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     kwargs = {}
     if tracking_uri().startswith("sqlite:"):
         kwargs["artifact_location"] = (project_root() / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(EXPERIMENT, **kwargs)
+        return client.create_experiment(name, **kwargs)
     except Exception:  # created concurrently by another job
-        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def base_tags() -> dict[str, str]:
@@ -84,7 +99,7 @@ def start_pipeline_run(name: str = "pipeline", params: dict | None = None) -> st
     """Create the parent run of one pipeline invocation and export its id to child processes."""
     client = _client()
     tags = {**base_tags(), "longtail.role": "pipeline", "mlflow.runName": name}
-    run = client.create_run(experiment_id(client), tags=tags)
+    run = client.create_run(experiment_id(client, params), tags=tags)
     if params:
         for k, v in flatten(params).items():
             client.log_param(run.info.run_id, k[:250], str(v)[:6000])
@@ -132,8 +147,9 @@ class StageRun:
             mlflow.log_metrics(flat, step=step)
 
     def write_metrics(self, path: str | Path, metrics: dict[str, Any]) -> Path:
-        """The DVC metrics file (JSON, atomic) and the same numbers in MLflow."""
-        write_json(path, metrics)
+        """The DVC metrics file (JSON, atomic) and the same numbers in MLflow (rank 0 of a training world only)."""
+        if is_rank_zero():
+            write_json(path, metrics)
         self.log_metrics(metrics)
         return Path(path)
 
@@ -169,7 +185,7 @@ def stage_run(stage: str, params: dict | None = None, all_params: dict | None = 
     import mlflow
 
     client = _client()
-    exp_id = experiment_id(client)
+    exp_id = experiment_id(client, all_params)
     parent = _parent_run_id(client, exp_id, all_params if all_params is not None else params)
     run_tags = {**base_tags(), "mlflow.parentRunId": parent, "longtail.stage": stage,
                 "mlflow.runName": run_name or stage, **{k: str(v) for k, v in (tags or {}).items()}}

@@ -39,17 +39,17 @@ def pairwise_dist(A: np.ndarray, B: np.ndarray, space: str, curvature: float = 1
 
 
 def make_kmeans(space: str, k: int, cfg: dict, seed: int):
-    """HyperbolicKMeans for the Poincaré ball, scikit-learn KMeans for the Euclidean ablation."""
+    """HyperbolicKMeans for the Poincaré ball, scikit-learn KMeans for the Euclidean ablation.
+
+    ``cfg`` = the ``discovery`` section (every key the schema requires; no defaults here)."""
     if space == "poincare":
-        return HyperbolicKMeans(k, init=cfg.get("init", "k-means++"), n_init=cfg.get("n_init", 1),
-                                max_iter=cfg.get("max_iter", 100), tol=cfg.get("tol", 1e-6), random_state=seed,
-                                centroid=cfg.get("centroid", "einstein"), device=cfg.get("device", "cpu"),
-                                dtype=cfg.get("dtype", "float64"),
-                                max_chunk_bytes=int(cfg.get("max_chunk_mb", 64)) << 20)
+        return HyperbolicKMeans(k, init=cfg["init"], n_init=cfg["n_init"], max_iter=cfg["max_iter"], tol=cfg["tol"],
+                                random_state=seed, centroid=cfg["centroid"], device=cfg["device"],
+                                dtype=cfg["dtype"], max_chunk_bytes=int(cfg["max_chunk_mb"]) << 20)
     from sklearn.cluster import KMeans
 
-    return KMeans(k, init=cfg.get("init", "k-means++"), n_init=cfg.get("n_init", 1),
-                  max_iter=cfg.get("max_iter", 100), tol=cfg.get("tol", 1e-6), random_state=seed)
+    return KMeans(k, init=cfg["init"], n_init=cfg["n_init"], max_iter=cfg["max_iter"], tol=cfg["tol"],
+                  random_state=seed)
 
 
 def total_var(Z: np.ndarray, space: str, curvature: float = 1.0) -> float:

@@ -98,7 +98,7 @@ def pick_device(gpu: int | None) -> torch.device:
 
 def fingerprint(cfg: dict, ts: TrainingSet, seed: int) -> str:
     keys = [k for k in cfg if k not in ("checkpoint_every", "threads", "embed_batch_size", "anchors_per_category",
-                                        "anchor_min_area", "variants", "proposal_methods", "gpu")]
+                                        "anchor_min_area", "variants", "gpu", "out_dir")]
     return params_hash([{k: cfg[k] for k in sorted(keys)}, ts.record_ids.tolist(), seed])
 
 

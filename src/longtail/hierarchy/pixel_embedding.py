@@ -79,8 +79,8 @@ def load_pixel_embedding(path: str | os.PathLike, map_location: str = "cpu") -> 
         raise LongtailError(f"pixel-embedding checkpoint {path} not found; run `longtail train-pixel-embedding`")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        cfg = ckpt.get("config", {})
-        net = PixelEmbeddingNet(dim=int(cfg.get("dim", 32)), proj=int(cfg.get("proj", 256)))
+        cfg = ckpt["config"]   # the net's own sizes (hierarchy.pixel_embedding.dim / proj when it was trained)
+        net = PixelEmbeddingNet(dim=int(cfg["dim"]), proj=int(cfg["proj"]))
         net.load_state_dict(ckpt["state_dict"])
     except Exception as e:  # unpickling / key / shape errors of a foreign or truncated file
         raise LongtailError(f"pixel-embedding checkpoint {path} is not a `longtail train-pixel-embedding` "

@@ -65,8 +65,9 @@ def load_edges(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise LongtailError(f"edge map {path} is unreadable ({e}); delete it and rerun `longtail edges`") from e
 
 
-def tree_from_edges(rec: dict[str, np.ndarray], max_leaves: int | None = None,
-                    use_orientation: bool = True, boundary: str = "mix", mix_weight: float = 0.35) -> RegionTree:
+def tree_from_edges(rec: dict[str, np.ndarray], max_leaves: int | None, use_orientation: bool, boundary: str,
+                    mix_weight: float) -> RegionTree:
+    """The pipeline's OWT-UCM tree of an edge record: the settings are hierarchy.ucm's (no defaults here)."""
     return owt_ucm(rec["edges"].astype(np.float64), rec["orientation"].astype(np.float64),
                    max_leaves=max_leaves, use_orientation=use_orientation, boundary=boundary,
                    thin=rec["thin"].astype(np.float64), mix_weight=mix_weight)

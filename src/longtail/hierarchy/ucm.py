@@ -74,6 +74,10 @@ def owt_ucm(edges: np.ndarray, orientation: np.ndarray | None = None, max_leaves
             mix_weight: float = 0.35) -> RegionTree:
     """OWT-UCM region tree of an edge probability map (H, W) in [0, 1].
 
+    The pipeline always passes ``hierarchy.ucm``'s settings (:func:`longtail.hierarchy.process.tree_from_edges`);
+    the defaults here serve library callers outside it (``region_tree_for_image``, benchmarks) and equal
+    params.yaml's ``hierarchy.ucm`` (tests/test_params.py checks that they do).
+
     ``boundary="raw"``: higra's ``mean_pb_hierarchy`` (oriented watershed of E, regions merged by the mean of E
     along their frontier). ``boundary="nms"``: the same oriented watershed regions, merged by the mean of the
     NMS-thinned edges ``thin`` along the frontier (average linkage weighted by frontier length): thick HED

@@ -73,6 +73,7 @@ def _propose_split(args) -> str:
 @stage_verb("propose", "proposals", run_name=lambda args, cfg: f"propose/{args.method}/{_propose_split(args)}",
             tags=lambda args, cfg: {"method": args.method, "split": _propose_split(args)})
 def run_propose(args, params, cfg, run) -> int:
+    from longtail.common.params import propose_topk
     from longtail.common.runtime import select_device
     from longtail.proposals.datasets import load_coco
     from longtail.proposals.format import write_proposals
@@ -104,9 +105,10 @@ def run_propose(args, params, cfg, run) -> int:
         raise LongtailError(f"propose --method {method!r}: unknown method; use gt, one of proposals.models "
                             f"({', '.join(cfg['models'])}) or {', '.join(ANNOTATION_FREE_METHODS)}")
     raw = len(records)
-    records = topk_mask_nms(records, cfg["topk"], cfg["nms_iou"])
+    topk = propose_topk(params, method)   # annotation_free.topk for the annotation-free methods, else proposals.topk
+    records = topk_mask_nms(records, topk, cfg["nms_iou"])
     write_proposals(args.out_dir, records, dataset["images"], method=method, dataset=args.dataset,
-                    topk=cfg["topk"], nms_iou=cfg["nms_iou"], **meta)
+                    topk=topk, nms_iou=cfg["nms_iou"], **meta)
     n_img = max(len(dataset["images"]), 1)
     metrics = {"images": len(dataset["images"]), "proposals_before_nms": raw, "proposals": len(records),
                "proposals_per_image": len(records) / n_img}

@@ -23,13 +23,15 @@ from longtail.proposals.dcl_loss import dense_contrastive_loss
 class DCLFCNMaskHead(FCNMaskHead):
     """FCN mask head trained with the dense contrastive loss in addition to the mask BCE."""
 
+    #: lambda, tau, K, projection size: ``proposals.dcl`` of params.yaml (train-proposals writes them into the config)
+    LOSS_KEYS = ("loss_weight", "temperature", "num_samples", "proj_dim")
+
     def __init__(self, *args, loss_dcl: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        cfg = dict(loss_weight=1.2, temperature=0.07, num_samples=32, proj_dim=128)
-        cfg.update(loss_dcl or {})
-        unknown = set(cfg) - {"loss_weight", "temperature", "num_samples", "proj_dim"}
-        if unknown:
-            raise ValueError(f"DCLFCNMaskHead.loss_dcl: unknown keys {sorted(unknown)}")
+        cfg = dict(loss_dcl or {})
+        if set(cfg) != set(self.LOSS_KEYS):
+            raise ValueError(f"DCLFCNMaskHead.loss_dcl must set exactly {list(self.LOSS_KEYS)} (got {sorted(cfg)}); "
+                             f"`longtail train-proposals` fills it from params.yaml proposals.dcl")
         self.dcl_weight = float(cfg["loss_weight"])
         self.dcl_temperature = float(cfg["temperature"])
         self.dcl_num_samples = int(cfg["num_samples"])

@@ -21,8 +21,8 @@ def sample_positions(valid: Tensor, k: int, generator: torch.Generator | None = 
     return noise.topk(k, dim=1).indices
 
 
-def dense_contrastive_loss(feats: Tensor, masks: Tensor, proj: nn.Module, *, num_samples: int = 32,
-                           temperature: float = 0.07, generator: torch.Generator | None = None
+def dense_contrastive_loss(feats: Tensor, masks: Tensor, proj: nn.Module, *, num_samples: int,
+                           temperature: float, generator: torch.Generator | None = None
                            ) -> tuple[Tensor, int]:
     """InfoNCE over RoI pixels (eq. 3), averaged over valid RoIs.
 

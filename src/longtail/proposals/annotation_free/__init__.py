@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from longtail.common.errors import LongtailError
-from longtail.common.params import project_root
+from longtail.common.params import annotation_free_methods, project_root
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ucm", "freemask", "spectral", "solov2-free")
+METHODS = annotation_free_methods()   # ucm, freemask, spectral, solov2-free: the schema's pipeline.annotation_free enum
 
 
 def image_path(file_name: str) -> Path:

@@ -182,19 +182,19 @@ def check_feature_map(f: torch.Tensor, image_hw, stride: int, channels: int, nam
 
 
 def build_backbone(cfg: dict, seed: int = 0) -> Backbone:
-    """``cfg`` = the ``annotation_free.backbone`` section."""
+    """``cfg`` = the ``annotation_free.backbone`` section (its keys are required by the schema: no defaults here)."""
     kind = cfg["type"]
     if kind == "torchvision":
-        net = _ResNetTrunk(cfg.get("arch", "resnet50"), cfg.get("layer", "layer3"), cfg.get("checkpoint"), seed)
-        name = f"torchvision {cfg.get('arch', 'resnet50')}.{cfg.get('layer', 'layer3')}"
+        net = _ResNetTrunk(cfg["arch"], cfg["layer"], cfg["checkpoint"], seed)
+        name = f"torchvision {cfg['arch']}.{cfg['layer']}"
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif kind == "hed_vgg16":
-        layer = cfg.get("layer", "conv4")
-        net = _HEDTrunk(layer, cfg.get("checkpoint"))
+        layer = cfg["layer"]
+        net = _HEDTrunk(layer, cfg["checkpoint"])
         name = f"hed_vgg16.{layer}"
         mean, std = _hed_rgb_norm()
     elif kind == "pixel_embedding":
-        ckpt = cfg.get("checkpoint")
+        ckpt = cfg["checkpoint"]
         if not ckpt or not Path(ckpt).exists():
             raise LongtailError(f"annotation_free.backbone.checkpoint: pixel-embedding checkpoint {ckpt!r} not "
                                 f"found; run `longtail train-pixel-embedding` first or use "
