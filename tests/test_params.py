@@ -91,3 +91,16 @@ def test_tracking_experiment_from_params_env_overrides(params, monkeypatch):
     assert tracking.experiment_name({"discovery": {}}) == "longtail"   # a section alone: params.yaml's value
     monkeypatch.setattr(tracking, "EXPERIMENT", "from-env")
     assert tracking.experiment_name(p) == "from-env"
+
+
+def test_variant_settings_describe_the_overrides(params):
+    """The report's Table 2 "setting" column comes from embedding.variants (no list of names of its own)."""
+    from longtail.common.params import variant_settings
+
+    s = variant_settings(params)
+    assert list(s) == embedding_variants(params)
+    assert s["poincare"] == "Poincaré, paper setting (RP = 50, α = 0.2, β = 0.2)"
+    assert s["euclidean"] == "Euclidean space" and s["alpha0.1"] == "α = 0.1" and s["rp20"] == "No. RP = 20"
+    assert s["no_mask"] == "w/o L_mask" and s["no_hier"] == "w/o L_hierarchical"
+    p = apply_overrides(params, ["embedding.variants={'lr3': {'lr': 0.001, 'losses': [mask]}}"])
+    assert variant_settings(p) == {"lr3": "lr = 0.001, w/o L_object, w/o L_hierarchical"}

@@ -101,6 +101,31 @@ def embedding_variants(params: dict) -> list[str]:
     return list(section(params, "embedding")["variants"])
 
 
+_VARIANT_SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ", "proposals_per_image": "No. RP"}
+
+
+def variant_settings(params: dict) -> dict[str, str]:
+    """What every embedding variant changes (Table 2's "setting" column), written from its overrides in
+    ``embedding.variants``: ``{"alpha": 0.1}`` -> "α = 0.1", ``losses`` without a term -> "w/o L_<term>", no
+    override -> the section's own (paper) setting."""
+    emb = section(params, "embedding")
+    all_losses = schema_file("embedding")["$defs"]["losses"]["items"]["enum"]
+    out = {}
+    for name, overrides in emb["variants"].items():
+        parts = []
+        for key, value in (overrides or {}).items():
+            if key == "space":
+                parts.append("Euclidean space" if value == "euclidean" else "Poincaré ball")
+            elif key == "losses":
+                parts += [f"w/o L_{t}" for t in all_losses if t not in value]
+            else:
+                parts.append(f"{_VARIANT_SYMBOLS.get(key, key)} = {value}")
+        out[name] = ", ".join(parts) or (f"{'Poincaré' if emb['space'] == 'poincare' else 'Euclidean'}, paper "
+                                          f"setting (RP = {emb['proposals_per_image']}, α = {emb['alpha']}, "
+                                          f"β = {emb['beta']})")
+    return out
+
+
 def validate_params(params: dict, source: str = "params.yaml") -> None:
     """Validate against the schema; the error names the key path and what is allowed."""
     import jsonschema

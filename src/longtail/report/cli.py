@@ -39,18 +39,19 @@ def run_report(args, params, cfg, run) -> int:
     from longtail.report import figures as F
     from longtail.report.gallery import method_sections, other_stage_figures
     from longtail.report.markup import img, page
+    from longtail.common.params import embedding_variants, variant_settings
     from longtail.report.runs import find_runs, side_by_side, summary, table1, table2, table3
 
     iou = section(params, "discovery")["purity_iou"]
     ddir, out = Path(args.discovery_dir), Path(args.out_dir)
-    runs = find_runs(ddir)
+    runs = find_runs(ddir, embedding_variants(params))
     if not runs:
         raise LongtailError(f"{ddir}: no */*/metrics.json; run `longtail cluster` and `longtail evaluate` first")
     gt = read_json(args.gt, "ground truth")
     parts = [(f"<h1>Long-tail discovery report</h1><p>{len(runs)} discovery runs under "
              f"{html.escape(str(ddir))}: {', '.join(sorted({r['method'] for r in runs}))} × "
              f"{', '.join(dict.fromkeys(r['variant'] for r in runs))}</p>"),
-             table1(runs), side_by_side(runs), table2(runs), table3(runs)]
+             table1(runs), side_by_side(runs), table2(runs, variant_settings(params)), table3(runs)]
     curves = {f"{r['method']}/{r['variant']}": r["elbow"] for r in runs if r["elbow"]}
     if curves:
         parts.append("<h2>Elbow method</h2>" + img(F.elbow_plot(curves), "elbow"))

@@ -8,19 +8,9 @@ from pathlib import Path
 from longtail.common import read_json
 from longtail.report.markup import table
 
-# Table 2 of the paper: variant name -> what changes (the embedding stage's variants)
-VARIANT_DOC = {
-    "poincare": "Poincaré, paper setting (RP = 50, α = 0.2, β = 0.2)", "euclidean": "Euclidean space",
-    "rp20": "No. RP = 20", "rp50": "No. RP = 50", "rp100": "No. RP = 100", "alpha0.1": "α = 0.1",
-    "alpha0.2": "α = 0.2", "alpha0.5": "α = 0.5", "beta0.1": "β = 0.1", "beta0.2": "β = 0.2",
-    "beta0.5": "β = 0.5", "no_mask": "w/o L_mask", "no_object": "w/o L_object", "no_hier": "w/o L_hierarchical",
-}
-VARIANT_ORDER = ["rp20", "poincare", "rp100", "alpha0.1", "alpha0.5", "beta0.1", "beta0.5", "no_mask",
-                 "no_object", "no_hier", "euclidean"]
-
-
-
-def find_runs(discovery_dir: Path) -> list[dict]:
+def find_runs(discovery_dir: Path, variants: list[str]) -> list[dict]:
+    """Every ``<method>/<variant>/`` run, by method, then in the order of ``variants`` (embedding.variants'
+    names: ``longtail.common.params.embedding_variants``; other folders last)."""
     runs = []
     for mp in sorted(discovery_dir.glob("*/*/metrics.json")):
         d = mp.parent
@@ -29,7 +19,7 @@ def find_runs(discovery_dir: Path) -> list[dict]:
                           ("labels", "cluster_labels.json")):
             run[key] = read_json(d / name) if (d / name).exists() else None
         runs.append(run)
-    order = {v: i for i, v in enumerate(VARIANT_ORDER)}
+    order = {v: i for i, v in enumerate(variants)}
     runs.sort(key=lambda r: (r["method"], order.get(r["variant"], len(order)), r["variant"]))
     return runs
 
@@ -47,13 +37,14 @@ def table1(runs):
                               "API where discovery.lvis_json is set")
 
 
-def table2(runs):
+def table2(runs, settings: dict[str, str]):
+    """``settings``: what each variant changes (``longtail.common.params.variant_settings``)."""
     head = ["method", "variant", "setting", "mAP", "mAP50", "mAP75", "purity", "random purity"]
     rows = []
     for r in runs:
         m = r["metrics"]
         ap = m.get(m.get("eval_categories", "novel"), {})
-        rows.append([r["method"], r["variant"], VARIANT_DOC.get(r["variant"], r["variant"]), ap.get("AP"),
+        rows.append([r["method"], r["variant"], settings.get(r["variant"], r["variant"]), ap.get("AP"),
                      ap.get("AP50"), ap.get("AP75"), m.get("purity", {}).get("purity"),
                      m.get("baseline_random", {}).get("purity")])
     return table(head, rows, "Table 2 — ablations (one row per embedding variant present)")
