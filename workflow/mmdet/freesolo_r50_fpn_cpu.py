@@ -1,7 +1,7 @@
 # FreeSOLO (Wang et al. 2022, 3.3): the class-agnostic SOLOv2 of the proposal stage trained on coarse pseudo-masks
 # with the weak mask loss L_mask = alpha L_avg-proj + L_max-proj + L_pairwise (alpha = 0.1) and self-training.
 # Schedule, input scale, batch, LR and the weak-loss parameters come from params.yaml (annotation_free.freesolo).
-_base_ = '../../../../../workflow/mmdet/solov2_r50_fpn_cpu.py'
+_base_ = './solov2_r50_fpn_cpu.py'
 
 custom_imports = dict(imports=['longtail.proposals.annotation_free.freesolo_head'], allow_failed_imports=False)
 
