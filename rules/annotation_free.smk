@@ -87,6 +87,7 @@ rule train_freesolo:
     params:
         reads=config_keys("seed", "annotation_free.freesolo"),
         work_dir=AF_FREESOLO,
+        launch=longtail_launch,
     threads: 2
     resources:
         mem_mb=12000,
@@ -97,7 +98,7 @@ rule train_freesolo:
     log:
         "results/logs/train_freesolo.log",
     shell:
-        "longtail train-freesolo --dataset {input.dataset} --pseudo {input.pseudo} --work-dir {params.work_dir} "
+        "{params.launch} train-freesolo --dataset {input.dataset} --pseudo {input.pseudo} --work-dir {params.work_dir} "
         "--figure {output.figure} 2> {log}"
 
 

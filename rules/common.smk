@@ -58,6 +58,14 @@ def config_keys(*keys):
     return out
 
 
+def longtail_launch(wildcards, resources):
+    """The command that starts a verb: `longtail`, or for a job given more than one GPU (`resources.gpu`, e.g. the
+    slurm profile's) `torchrun` with one process per GPU on the job's node; the verb reads the world from
+    torchrun's environment (longtail.common.distributed, mmengine's `pytorch` launcher). docs/slurm.md."""
+    n = int(resources.gpu)
+    return f"torchrun --standalone --nproc_per_node {n} --no-python longtail" if n > 1 else "longtail"
+
+
 def final_targets():
     """What `rule all` builds: the report when the stages it needs exist, else the last stage present."""
     targets = [f"{DATA}/metrics.json"]

@@ -40,6 +40,7 @@ rule train_proposals:
     params:
         reads=config_keys("seed", "proposals"),
         work_dir=f"{PROP}/models/{{model}}",
+        launch=longtail_launch,
     threads: 2
     resources:
         mem_mb=12000,
@@ -51,7 +52,7 @@ rule train_proposals:
         "results/logs/train_proposals_{model}.log",
     shell:
         # evaluation happens once, on the proposal sets (eval_proposals), not again inside training
-        "longtail train-proposals --model {wildcards.model} --train-json {input.train} "
+        "{params.launch} train-proposals --model {wildcards.model} --train-json {input.train} "
         "--work-dir {params.work_dir} 2> {log}"
 
 
