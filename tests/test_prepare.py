@@ -28,6 +28,11 @@ def test_counts_and_split(prepared, repo_root):
     assert m["val"]["images"] == 177
     assert m["val"]["duplicate_images"] == 2
     assert m["num_base_categories"] == 20 and m["num_novel_categories"] == 60
+    assert m["label_space"] == "coco"
+    # COCO 2017 train and val share no image: disjointness (on by default) drops nothing from the sample
+    d = m["disjoint_images"]
+    assert d["enabled"] and d["eval_images"] == 177
+    assert d["train"] == d["train_base"] == {"overlap_images": 0, "removed_images": 0, "removed_annotations": 0}
     for split in ("train", "val"):
         s = m[split]
         assert s["base_instances"] + s["novel_instances"] == s["instances"]
@@ -36,6 +41,8 @@ def test_counts_and_split(prepared, repo_root):
     names = {c["id"]: c["name"] for c in cats["categories"]}
     assert {names[i] for i in cats["base"]} == VOC_IN_COCO
     assert len(cats["novel"]) == 60 and not set(cats["base"]) & set(cats["novel"])
+    assert cats["label_space"] == "coco" and cats["counts"]["base"] == 20 and cats["counts"]["novel"] == 60
+    assert cats["counts"]["without_train_masks"] == 0
 
 
 def test_instances_kept_verbatim_and_files_resolve(prepared, repo_root):
@@ -101,6 +108,7 @@ def bad_sample(tmp_path, repo_root, params):
     p = json.loads(json.dumps(params))
     p["data"]["sources"] = [{"name": "bad", "split": s, "format": "instances", "annotations": str(ann_path),
                              "images": str(img_dir)} for s in ("train", "val")]
+    p["data"]["disjoint_images"] = False   # one file is both splits here (tests/test_lvis_protocol.py: disjointness)
     return tmp_path, p, imgs, anns
 
 

@@ -6,7 +6,8 @@
   unlabelled are "novel" (-1).
 * ``detections``: each proposal takes its cluster's label and its own objectness score (COCO results).
 * ``coco_eval`` (pycocotools, segm): AP, AP50, AP75, APs, APm, APl on the chosen categories.
-* ``lvis_eval`` (the ``lvis`` API): the same plus APr, APc, APf.
+* ``lvis_eval`` (the ``lvis`` API): the same plus APr, APc, APf, optionally over a subset of the categories
+  (Table 1: the novel ones); ``is_lvis`` tells federated LVIS ground truth (LVIS label space of ``prepare``).
 * ``purity`` (Manning et al. 2008): sum over clusters of the majority-class count / number of items, over the
   clusters labelled with a category (as Table 3), overall and per group (frequency or base/novel).
 """
@@ -223,9 +224,21 @@ def lvis_gt_as_results(gt: dict) -> list[dict]:
     return out
 
 
+def is_lvis(gt: dict) -> bool:
+    """True for federated LVIS ground truth (what ``longtail prepare`` writes in the LVIS label space): every
+    category has a frequency group, every image its neg_category_ids / not_exhaustive_category_ids."""
+    return (bool(gt["categories"]) and all("frequency" in c for c in gt["categories"])
+            and all("neg_category_ids" in im and "not_exhaustive_category_ids" in im for im in gt["images"]))
+
+
 def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = None,
-              max_dets: int = 300) -> dict:
-    """LVIS segm AP (the ``lvis`` API) incl. APr/APc/APf, restricted to ``img_ids`` if given."""
+              max_dets: int = 300, cat_ids: Iterable[int] | None = None) -> dict:
+    """LVIS segm AP (the ``lvis`` API) incl. APr/APc/APf, restricted to ``img_ids`` if given.
+
+    ``cat_ids`` (e.g. the novel categories, Table 1) restricts the averages to those categories
+    (``LVISEval.params.cat_ids``; APr/c/f then average over their frequency groups); the at most ``max_dets``
+    detections per image are chosen among all of them first, as in a full LVIS evaluation.
+    """
     from lvis import LVISEval, LVISResults
 
     if isinstance(gt, str):
@@ -240,29 +253,46 @@ def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = 
         gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
               "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
     keep_img = {im["id"] for im in gt["images"]}
+    all_cats = {c["id"] for c in gt["categories"]}
+    cats = sorted(all_cats if cat_ids is None else {int(c) for c in cat_ids} & all_cats)
+    if not cats:
+        raise LongtailError("LVIS evaluation: none of the evaluated categories is a category of the LVIS ground "
+                            "truth; check discovery.eval_categories and the categories of --gt")
+    n_eval = len({a["category_id"] for a in gt["annotations"]} & set(cats))
     dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets if d["image_id"] in keep_img]
     for d in dets:  # LVISResults computes area from bytes RLE
         d["segmentation"] = rle_for_pycocotools(d["segmentation"])
+    counts = {"detections": len(dets), "images": len(keep_img), "categories_evaluated": n_eval}
     if not dets:
-        return {**{k: 0.0 for k in LVIS_KEYS}, "detections": 0, "images": len(keep_img)}
+        return {**{k: 0.0 for k in LVIS_KEYS}, **counts}
     logging.getLogger("lvis").setLevel(logging.WARNING)
     lg = _lvis_from_dict(gt)
     with _quiet():
         res = LVISResults(lg, dets, max_dets=max_dets)
         ev = LVISEval(lg, res, "segm")
+        ev.params.cat_ids = cats
         ev.run()
     r = ev.get_results()
-    return {**{k: (float(r[k]) if r[k] >= 0 else None) for k in LVIS_KEYS}, "detections": len(dets),
-            "images": len(keep_img)}
+    return {**{k: (float(r[k]) if r[k] >= 0 else None) for k in LVIS_KEYS}, **counts}
+
+
+def protocol(gt: dict, eval_categories: str) -> dict:
+    """What an evaluation shows (the report's Tables 1 and 3 print it): label space, base / novel counts, which
+    categories the AP averages over and with which API."""
+    lvis = is_lvis(gt)
+    n_base = sum(c.get("split") == "base" for c in gt["categories"])
+    n_novel = sum(c.get("split") == "novel" for c in gt["categories"])
+    space = "LVIS" if lvis else "COCO"
+    what = {"novel": f"the {n_novel} novel", "base": f"the {n_base} base", "all": "all"}[eval_categories]
+    return {"label_space": space.lower(), "base_categories": n_base, "novel_categories": n_novel,
+            "eval_categories": eval_categories, "api": "lvis" if lvis else "pycocotools",
+            "description": f"{space} label space, proposal network trained on {n_base} base categories; "
+                           f"mask AP over {what} categories "
+                           f"({'LVIS API, APr/c/f by LVIS frequency' if lvis else 'pycocotools'})"}
 
 
 def coco_to_lvis_ids(coco_gt: dict, lvis_gt: dict, synsets: dict) -> dict[int, int]:
     """COCO category id -> LVIS category id through the synsets of data/lvis/coco_to_synset.json."""
-    name_of = {c["id"]: c["name"] for c in coco_gt["categories"]}
-    by_syn = {c["synset"]: c["id"] for c in lvis_gt["categories"]}
-    out = {}
-    for cid, name in name_of.items():
-        s = synsets.get(name)
-        if s and s.get("synset") in by_syn:
-            out[cid] = by_syn[s["synset"]]
-    return out
+    from longtail.data.lvis import coco_to_lvis
+
+    return coco_to_lvis(coco_gt["categories"], lvis_gt["categories"], synsets)

@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def category_groups(gt: dict, lvis: dict | None, to_lvis: dict[int, int]) -> dict[int, str]:
-    """Category id -> group: LVIS frequency (r/c/f) when LVIS is configured, else the base/novel split."""
+    """Category id -> group: LVIS frequency (r/c/f) when the ground truth is LVIS's or LVIS is configured, else
+    the base/novel split."""
+    if all("frequency" in c for c in gt["categories"]):
+        return {c["id"]: c["frequency"] for c in gt["categories"]}
     if lvis is not None:
         freq = {c["id"]: c["frequency"] for c in lvis["categories"]}
         return {cid: freq[lid] for cid, lid in to_lvis.items() if lid in freq}
@@ -40,6 +43,10 @@ def evaluate_clusters(emb: dict, labels: np.ndarray, k: int, records: list[dict]
     unknown = sorted(set(Acat.tolist()) - set(gt_cats))
     if unknown:
         raise LongtailError(f"anchor_category_ids {unknown[:10]} are not categories of the ground truth JSON")
+    lvis_gt = E.is_lvis(gt)   # the LVIS label space of `longtail prepare` (COCO -> LVIS, Table 1)
+    if lvis_gt and lvis is not None:
+        raise LongtailError("--gt is already LVIS ground truth (the LVIS label space of `longtail prepare`): "
+                            "set discovery.lvis_json: null")
     split = cfg["eval_categories"]
     eval_cats = [c for c in gt_cats if split == "all" or gt_cats[c].get("split") == split]
     present = {a["category_id"] for a in gt["annotations"] if a["image_id"] in set(img_ids)}
@@ -66,8 +73,12 @@ def evaluate_clusters(emb: dict, labels: np.ndarray, k: int, records: list[dict]
                "clusters_novel": int((cl_label == E.NOVEL).sum()),
                "proposals_with_gt_class": int((gt_class >= 0).sum()),
                "categories_without_anchor": no_anchor, "num_categories_without_anchor": len(no_anchor),
-               "eval_categories": split}
-    m[split] = E.coco_eval(gt, dets, eval_cats, img_ids, cfg["max_dets"])
+               "eval_categories": split, "protocol": E.protocol(gt, split)}
+    if lvis_gt:   # Table 1: LVIS AP over the evaluated (novel) categories, and over every LVIS category
+        m[split] = E.lvis_eval(gt, dets, img_ids, cat_ids=eval_cats)
+        m["lvis"] = E.lvis_eval(gt, dets, img_ids)
+    else:
+        m[split] = E.coco_eval(gt, dets, eval_cats, img_ids, cfg["max_dets"])
     m["purity"] = pur
     m["purity_all_clusters"] = pur_all["purity"]
     if lvis is not None:

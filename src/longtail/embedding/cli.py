@@ -94,7 +94,8 @@ def run_embed(args, params, top, run) -> int:
     empty = int(props.pop("empty_masks"))
     gt = read_json(args.anchors, "anchor ground truth")
     anns, missing = select_anchors(gt, top["anchors_per_category"], int(params["seed"]),
-                                   top["anchor_min_area"], source=args.anchors)
+                                   top["anchor_min_area"], source=args.anchors,
+                                   on_missing=top["on_missing_anchor"])
     arecs = anchor_records(gt, anns)
     gt_images = {int(im["id"]): im for im in gt["images"]}
     za, akeep = embed_records(model, arecs, gt_images, cfg, batch_size=top["embed_batch_size"], source=args.anchors)
