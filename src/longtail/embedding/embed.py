@@ -16,8 +16,13 @@ from longtail.common.masks import rle_for_json, to_rle
 
 
 def select_anchors(gt: dict, per_category: int, seed: int, min_area: float = 0.0,
-                   source: str = "ground truth") -> tuple[list[dict], list[int]]:
-    """(annotations chosen as anchors sorted by category then id, category ids without any anchor)."""
+                   source: str = "ground truth", on_missing: str = "skip") -> tuple[list[dict], list[int]]:
+    """(annotations chosen as anchors sorted by category then id, category ids without any anchor).
+
+    A category without any eligible mask in ``gt`` (e.g. an LVIS category absent from LVIS train) gets no anchor:
+    listed (``on_missing: skip``, the caller counts them) or a :class:`LongtailError` naming ``source``
+    (``on_missing: fail``, the ``embedding.on_missing_anchor`` param).
+    """
     for key in ("images", "annotations", "categories"):
         if key not in gt:
             raise LongtailError(f"{source}: no '{key}' list; give a COCO instances JSON (results/data/train.json).")
@@ -39,6 +44,12 @@ def select_anchors(gt: dict, per_category: int, seed: int, min_area: float = 0.0
             continue
         pick = rng.choice(len(anns), size=min(per_category, len(anns)), replace=False)
         chosen += sorted((anns[i] for i in pick), key=lambda a: a["id"])
+    if missing and on_missing == "fail":
+        names = {c["id"]: c["name"] for c in gt["categories"]}
+        raise LongtailError(f"{source}: {len(missing)} categories have no mask to draw an anchor from (e.g. "
+                            f"{[names[c] for c in missing[:5]]}) and embedding.on_missing_anchor is fail; set it "
+                            f"to skip to leave them without anchor (counted in the embed metrics), or give "
+                            f"--anchors a ground truth with masks of every category")
     return chosen, missing
 
 
