@@ -231,7 +231,7 @@ def test_anchors_from_lvis_train_then_evaluate(prepared_lvis, tmp_path):
     keep = np.isin(Acat, sorted(anchored))
     emb = tmp_path / "emb.npz"
     write_npz(emb, Z, A[keep], Acat[keep], recs)
-    out = tmp_path / "disc"
+    out = tmp_path / "disc" / "gt" / "poincare"
     sets = ["--set", f"discovery.k={len(present)}", "--set", "discovery.baseline_seeds=0",
             "--set", f"discovery.k_grid=[{len(present) - 2}, {len(present) - 1}, {len(present)}]"]
     assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(out), *sets]) == 0
@@ -252,7 +252,17 @@ def test_anchors_from_lvis_train_then_evaluate(prepared_lvis, tmp_path):
     assert m["purity"]["purity"] == pytest.approx(1.0)
     assert {"purity_r", "purity_c", "purity_f"} & set(m["purity"])
     assert m["clusters_matched"] == len([c for c in present if c in anchored])
-    assert m["protocol"]["label_space"] == "lvis"
+    assert m["protocol"]["label_space"] == "lvis" and m["protocol"]["api"] == "lvis"
+    # the report's Tables 1 and 3 name the protocol and show the novel-category APr of the LVIS API
+    from longtail.report.runs import find_runs, table1, table3
+
+    runs = find_runs(tmp_path / "disc", ["poincare"])
+    t1, t3 = table1(runs), table3(runs)
+    assert "LVIS label space" in t1 and f"the {len(cats['novel'])} novel" in t1 and "LVIS label space" in t3
+    import re
+
+    cells = re.findall(r"<td>(.*?)</td>", t1)       # one row: method, variant, mAP, mAP50, mAP75, mAPr, ...
+    assert cells[2] == f"{m['novel']['AP']:.3f}" and cells[5] == f"{m['novel']['APr']:.3f}"
 
 
 def test_lvis_only_category_gets_a_cluster_label_and_a_detection(prepared_lvis):

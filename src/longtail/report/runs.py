@@ -24,17 +24,24 @@ def find_runs(discovery_dir: Path, variants: list[str]) -> list[dict]:
     return runs
 
 
+def protocol_of(runs) -> str:
+    """The protocol(s) the runs were evaluated under (``protocol.description`` of `longtail evaluate`)."""
+    found = sorted({r["metrics"]["protocol"]["description"] for r in runs if "protocol" in r["metrics"]})
+    return "; ".join(found) if found else "protocol not recorded (metrics of an older `longtail evaluate`)"
+
+
 def table1(runs):
     head = ["method", "variant", "mAP", "mAP50", "mAP75", "mAPr", "mAPc", "mAPf", "mAPs", "mAPm", "mAPl"]
     rows = []
     for r in runs:
         m = r["metrics"]
         ap = m.get(m.get("eval_categories", "novel"), {})
-        lv = m.get("lvis", {})
-        rows.append([r["method"], r["variant"], ap.get("AP"), ap.get("AP50"), ap.get("AP75"), lv.get("APr"),
-                     lv.get("APc"), lv.get("APf"), ap.get("APs"), ap.get("APm"), ap.get("APl")])
-    return table(head, rows, "Table 1 — mask AP on the novel categories (pycocotools); mAPr/c/f from the LVIS "
-                              "API where discovery.lvis_json is set")
+        # LVIS ground truth: APr/c/f over the evaluated categories; else from discovery.lvis_json (all LVIS)
+        fr = ap if "APr" in ap else m.get("lvis", {})
+        rows.append([r["method"], r["variant"], ap.get("AP"), ap.get("AP50"), ap.get("AP75"), fr.get("APr"),
+                     fr.get("APc"), fr.get("APf"), ap.get("APs"), ap.get("APm"), ap.get("APl")])
+    return table(head, rows, f"Table 1 — mask AP. Protocol: {protocol_of(runs)}. Without LVIS ground truth, "
+                             f"mAPr/c/f come from the LVIS API where discovery.lvis_json is set")
 
 
 def table2(runs, settings: dict[str, str]):
@@ -63,7 +70,8 @@ def table3(runs):
                      m.get("clusters_matched"), p.get("purity")] + [p.get(f"purity_{g}") for g in groups] +
                     [m.get("baseline_random", {}).get("purity"), m.get("purity_ratio_vs_random")])
     out = table(head, rows, "Table 3 — cluster purity (Manning et al.) over the clusters matched to a "
-                             "category, per group (LVIS frequency or base/novel split)")
+                             "category, per group (LVIS frequency or base/novel split). Protocol: "
+                             f"{protocol_of(runs)}")
     # as the paper's Table 3: purity at several k (the elbow grid), k* marked, for the Poincaré runs
     for r in runs:
         byk = r["metrics"].get("purity_by_k")
