@@ -95,13 +95,17 @@ def build_lvis_pair(out: Path) -> tuple[Path, Path]:
 
 
 def lvis_params(params: dict, tmp: Path, lvis_train: Path, lvis_val: Path, **data) -> Path:
+    """params.yaml with the data sources and base categories of workflow/experiments/coco_lvis.yaml (the paper's
+    protocol: COCO train2017 instances, LVIS v1 train, LVIS v1 val; all 80 COCO categories base), each source
+    pointed at its stand-in here."""
+    exp = yaml.safe_load((REPO_ROOT / "workflow/experiments/coco_lvis.yaml").read_text())["data"]
+    local = {("coco", "train", "instances"): (COCO_TRAIN, "data/coco-mini/train2017"),
+             ("lvis", "train", "lvis"): (lvis_train, FOLDERS), ("lvis", "val", "lvis"): (lvis_val, FOLDERS)}
     p = json.loads(json.dumps(params))
-    p["data"]["sources"] = [
-        {"name": "coco", "split": "train", "format": "instances", "annotations": str(COCO_TRAIN),
-         "images": "data/coco-mini/train2017"},
-        {"name": "lvis", "split": "train", "format": "lvis", "annotations": str(lvis_train), "images": FOLDERS},
-        {"name": "lvis", "split": "val", "format": "lvis", "annotations": str(lvis_val), "images": FOLDERS}]
-    p["data"]["base_categories"] = COCO80          # the paper's protocol: every COCO category is base
+    p["data"]["sources"] = [{**s, "annotations": str(local[s["name"], s["split"], s["format"]][0]),
+                             "images": local[s["name"], s["split"], s["format"]][1]} for s in exp["sources"]]
+    assert sorted(exp["base_categories"]) == COCO80
+    p["data"]["base_categories"] = exp["base_categories"]
     p["data"].update(data)
     path = tmp / f"params_{len(list(tmp.glob('params_*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(p))
