@@ -155,7 +155,13 @@ def test_coco_lvis_experiment_plans_on_slurm():
     assert counts["train_embedding"] == "11" and counts["train_proposals"] == "3"
     assert counts["propose"] == "6" and counts["propose_solov2_free"] == "1"
     block = out[out.index("rule train_proposals:"):]
-    assert "gpu=1" in block[:block.index("Shell command")]
+    import yaml
+
+    gpus = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())["set-resources"][
+        "train_proposals"]["gpu"]   # the profile's GPUs per training job (one node)
+    assert gpus >= 1 and f"gpu={gpus}" in block[:block.index("Shell command")]
+    if gpus > 1:   # one process per GPU
+        assert f"torchrun --standalone --nproc_per_node {gpus} --no-python longtail train-proposals" in block
 
 
 def test_ucm_two_scales_experiment_plans_both_tree_families():
