@@ -194,15 +194,32 @@ def test_ground_truth_as_results_gives_ap_one(prepared_lvis):
     val = _read(prepared_lvis, "val.json")
     cats = _read(prepared_lvis, "categories.json")
     res = E.lvis_gt_as_results(val)
-    novel = E.lvis_eval(val, res, cat_ids=cats["novel"])
-    every = E.lvis_eval(val, res)
+    every = E.lvis_eval(val, res, subsets={"novel": cats["novel"]})
+    novel = every.pop("novel")
     for m in (novel, every):
         assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0) and m["AP75"] == pytest.approx(1.0)
-    assert novel["categories_evaluated"] < every["categories_evaluated"]
-    # drop the detections of one novel category with ground truth: novel AP = (n - 1) / n
-    present = sorted({a["category_id"] for a in val["annotations"]} & set(cats["novel"]))
-    m = E.lvis_eval(val, [d for d in res if d["category_id"] != present[0]], cat_ids=cats["novel"])
+    present = sorted({a["category_id"] for a in val["annotations"]})
+    novel_present = sorted(set(present) & set(cats["novel"]))
+    assert novel["categories_evaluated"] == len(novel_present) and every["categories_evaluated"] == len(present)
+    # drop the detections of one novel category with ground truth: AP = (n - 1) / n over novel and over all
+    m = E.lvis_eval(val, [d for d in res if d["category_id"] != novel_present[0]], subsets={"novel": cats["novel"]})
+    assert m["novel"]["AP"] == pytest.approx((len(novel_present) - 1) / len(novel_present))
     assert m["AP"] == pytest.approx((len(present) - 1) / len(present))
+
+
+def test_subset_ap_equals_its_own_lvis_run(prepared_lvis):
+    """The novel-category numbers cut from one LVISEval run = a run with LVISEval.params.cat_ids = novel."""
+    val = _read(prepared_lvis, "val.json")
+    novel = _read(prepared_lvis, "categories.json")["novel"]
+    rng = np.random.default_rng(0)
+    present = sorted({a["category_id"] for a in val["annotations"]})
+    dets = [{**d, "score": float(rng.random()),
+             "category_id": int(rng.choice(present)) if rng.random() < 0.1 else d["category_id"]}
+            for d in E.lvis_gt_as_results(val) if rng.random() > 0.3]
+    cut = E.lvis_eval(val, dets, subsets={"novel": novel})["novel"]
+    own = E.lvis_eval(val, dets, cat_ids=novel)
+    assert 0.2 < cut["AP"] < 0.95
+    assert cut == pytest.approx(own)
 
 
 def test_anchors_from_lvis_train_then_evaluate(prepared_lvis, tmp_path):

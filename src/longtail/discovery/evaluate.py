@@ -232,12 +232,15 @@ def is_lvis(gt: dict) -> bool:
 
 
 def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = None,
-              max_dets: int = 300, cat_ids: Iterable[int] | None = None) -> dict:
+              max_dets: int = 300, cat_ids: Iterable[int] | None = None,
+              subsets: dict[str, Iterable[int]] | None = None) -> dict:
     """LVIS segm AP (the ``lvis`` API) incl. APr/APc/APf, restricted to ``img_ids`` if given.
 
-    ``cat_ids`` (e.g. the novel categories, Table 1) restricts the averages to those categories
-    (``LVISEval.params.cat_ids``; APr/c/f then average over their frequency groups); the at most ``max_dets``
-    detections per image are chosen among all of them first, as in a full LVIS evaluation.
+    ``cat_ids`` restricts the averages to those categories (APr/c/f then average over their frequency groups);
+    ``subsets`` (name -> category ids, e.g. ``{"novel": [...]}`` for Table 1) adds the same numbers over each
+    subset under its name, from the same evaluation (one ``LVISEval`` run: per-category precision does not
+    depend on the other categories). The at most ``max_dets`` detections per image are chosen among all
+    categories first, as in a full LVIS evaluation.
     """
     from lvis import LVISEval, LVISResults
 
@@ -254,26 +257,44 @@ def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = 
               "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
     keep_img = {im["id"] for im in gt["images"]}
     all_cats = {c["id"] for c in gt["categories"]}
-    cats = sorted(all_cats if cat_ids is None else {int(c) for c in cat_ids} & all_cats)
-    if not cats:
-        raise LongtailError("LVIS evaluation: none of the evaluated categories is a category of the LVIS ground "
-                            "truth; check discovery.eval_categories and the categories of --gt")
-    n_eval = len({a["category_id"] for a in gt["annotations"]} & set(cats))
+    groups = {None: all_cats if cat_ids is None else cat_ids, **(subsets or {})}
+    groups = {name: sorted({int(c) for c in ids} & all_cats) for name, ids in groups.items()}
+    for name, ids in groups.items():
+        if not ids:
+            raise LongtailError(f"LVIS evaluation: none of the {name or 'evaluated'} categories is a category of "
+                                f"the LVIS ground truth; check discovery.eval_categories and the categories of --gt")
+    with_gt = {a["category_id"] for a in gt["annotations"]}
     dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets if d["image_id"] in keep_img]
     for d in dets:  # LVISResults computes area from bytes RLE
         d["segmentation"] = rle_for_pycocotools(d["segmentation"])
-    counts = {"detections": len(dets), "images": len(keep_img), "categories_evaluated": n_eval}
+
+    def counts(ids):
+        return {"detections": len(dets), "images": len(keep_img), "categories_evaluated": len(with_gt & set(ids))}
+
     if not dets:
-        return {**{k: 0.0 for k in LVIS_KEYS}, **counts}
+        out = {name: {**{k: 0.0 for k in LVIS_KEYS}, **counts(ids)} for name, ids in groups.items()}
+        return {**out.pop(None), **out}
     logging.getLogger("lvis").setLevel(logging.WARNING)
     lg = _lvis_from_dict(gt)
     with _quiet():
         res = LVISResults(lg, dets, max_dets=max_dets)
         ev = LVISEval(lg, res, "segm")
-        ev.params.cat_ids = cats
+        ev.params.cat_ids = sorted(set().union(*groups.values()))
         ev.run()
-    r = ev.get_results()
-    return {**{k: (float(r[k]) if r[k] >= 0 else None) for k in LVIS_KEYS}, **counts}
+    full, freq_groups = dict(ev.eval), ev.freq_groups
+    pos = {c: i for i, c in enumerate(ev.params.cat_ids)}
+    out = {}
+    for name, ids in groups.items():
+        idx = [pos[c] for c in ids]
+        group_of = {i: g for g, members in enumerate(freq_groups) for i in members}
+        ev.eval = {**full, "precision": full["precision"][:, :, idx], "recall": full["recall"][:, idx]}
+        ev.freq_groups = [[j for j, i in enumerate(idx) if group_of[i] == g] for g in range(len(freq_groups))]
+        ev.results.clear()
+        with _quiet():
+            ev.summarize()
+        r = ev.get_results()
+        out[name] = {**{k: (float(r[k]) if r[k] >= 0 else None) for k in LVIS_KEYS}, **counts(ids)}
+    return {**out.pop(None), **out}
 
 
 def protocol(gt: dict, eval_categories: str) -> dict:

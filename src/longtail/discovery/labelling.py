@@ -75,8 +75,8 @@ def evaluate_clusters(emb: dict, labels: np.ndarray, k: int, records: list[dict]
                "categories_without_anchor": no_anchor, "num_categories_without_anchor": len(no_anchor),
                "eval_categories": split, "protocol": E.protocol(gt, split)}
     if lvis_gt:   # Table 1: LVIS AP over the evaluated (novel) categories, and over every LVIS category
-        m[split] = E.lvis_eval(gt, dets, img_ids, cat_ids=eval_cats)
-        m["lvis"] = E.lvis_eval(gt, dets, img_ids)
+        m["lvis"] = E.lvis_eval(gt, dets, img_ids, subsets={split: eval_cats})
+        m[split] = m["lvis"].pop(split)
     else:
         m[split] = E.coco_eval(gt, dets, eval_cats, img_ids, cfg["max_dets"])
     m["purity"] = pur
