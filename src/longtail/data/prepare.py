@@ -252,7 +252,8 @@ def exclude_eval_images(out: dict[str, dict], plan: dict[str, list[dict]], cfg: 
         overlap = sorted({im["id"] for im in coco["images"]} & eval_ids)
         r = {"overlap_images": len(overlap), "removed_images": 0, "removed_annotations": 0}
         if overlap and cfg["disjoint_images"]:
-            srcs = {im["source"] for im in coco["images"] if im["id"] in set(overlap)}
+            drop = set(overlap)
+            srcs = {im["source"] for im in coco["images"] if im["id"] in drop}
             files = sorted({str(root / s["annotations"]) for s in plan.get(name, plan["train"])
                             if s["name"] in srcs})
             evals = ", ".join(str(root / s["annotations"]) for s in plan["val"])
@@ -263,7 +264,6 @@ def exclude_eval_images(out: dict[str, dict], plan: dict[str, list[dict]], cfg: 
                                     f"to drop them from {name}.json (counted in metrics.json), or "
                                     f"data.disjoint_images: false to keep them.")
             log.warning("%s: dropped from %s.json (data.disjoint_images)", what, name)
-            drop = set(overlap)
             n_ann = len(coco["annotations"])
             out[name] = coco = {**coco, "images": [im for im in coco["images"] if im["id"] not in drop],
                                 "annotations": [a for a in coco["annotations"] if a["image_id"] not in drop]}
