@@ -23,7 +23,7 @@ rule train_embedding:
     params:
         reads=config_keys("seed", "embedding"),
         out_dir=f"{EMB_DIR}/{{method}}/{{variant}}",
-    threads: 1
+    threads: 1 + EMB["num_workers"]       # the main process + its DataLoader workers
     resources:
         mem_mb=6000,
         runtime=120,
@@ -50,7 +50,7 @@ rule embed:
         variant=EMB_VARIANT,
     params:
         reads=config_keys("seed", "embedding"),
-    threads: 1
+    threads: 1 + EMB["num_workers"]       # the main process + its DataLoader workers
     resources:
         mem_mb=6000,
         runtime=60,

@@ -90,6 +90,73 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, gt_train, tmp_p
     assert not ckpt.exists()
 
 
+def test_sigusr1_checkpoints_and_resume_equals_uninterrupted(uninterrupted, gt_train, tmp_path, repo_root):
+    """SLURM's pre-timeout signal: the step in progress finishes, its checkpoint is saved, the run exits non-zero
+    naming the checkpoint; the rerun resumes from that step and ends with the uninterrupted run's model."""
+    import torch
+
+    out = tmp_path / "u"
+    p = _train(gt_train, out, repo_root)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, "training finished before it could be signalled"
+    p.send_signal(signal.SIGUSR1)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode != 0 and "SIGUSR1" in err and "resume" in err, err[-2000:]
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+    stopped_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 2 <= stopped_at < _metrics(uninterrupted)["steps"]
+    p = _train(gt_train, out, repo_root)
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-2000:]
+    assert f"at step {stopped_at}/" in err                    # resumed there, not from zero
+    assert _metrics(out) == _metrics(uninterrupted)
+    a = torch.load(uninterrupted / "model.pt", weights_only=False)["model"]
+    b = torch.load(out / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _embed(model, props, anchors, out: Path, repo_root, *extra):
+    return subprocess.Popen([str(BIN / "longtail"), "embed", "--model", str(model), "--proposals", str(props),
+                             "--anchors", str(anchors), "--out", str(out / "e.npz"), "--metrics",
+                             str(out / "m.json"), "--set", "embedding.embed_chunk_images=2", *extra],
+                            cwd=repo_root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_sigkill_during_embed_leaves_no_npz_and_resumes(uninterrupted, gt_train, prepared, tmp_path, repo_root):
+    """embed writes parts of 2 images; killed after the first part: no embeddings.npz (half-written or
+    not), the rerun keeps the finished parts and ends with the same arrays as an uninterrupted embed."""
+    model, anchors = uninterrupted / "model.pt", prepared / "train.json"
+    ref = tmp_path / "ref"
+    p = _embed(model, gt_train, anchors, ref, repo_root)
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-2000:]
+    out = tmp_path / "k"
+    parts = out / "e.npz.parts"
+    p = _embed(model, gt_train, anchors, out, repo_root)
+    deadline = time.time() + 600
+    while not list(parts.glob("part-*.npz")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, "embed finished before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "e.npz").exists() and not (out / "m.json").exists()
+    assert not [f for f in out.iterdir() if f.name.startswith("e.npz") and f.name != "e.npz.parts"]
+    kept = sorted(f.name for f in parts.glob("part-*.npz"))
+    assert kept and all(f.startswith("part-") for f in kept)
+    p = _embed(model, gt_train, anchors, out, repo_root)
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-2000:]
+    assert "resuming embed" in err and not parts.exists()
+    a, b = np.load(ref / "e.npz"), np.load(out / "e.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_image_with_zero_proposals_is_embedded_without_it(uninterrupted, gt_train, prepared, tmp_path, repo_root):
     """An image whose proposal list is empty: embed handles it (no rows for it), counts stay consistent."""
     from longtail.proposals.format import read_proposals, write_proposals

@@ -8,11 +8,16 @@ a category with no eligible annotation has no anchor (listed in the metrics).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
 from longtail.common.errors import LongtailError
 from longtail.common.masks import rle_for_json, to_rle
+
+log = logging.getLogger(__name__)
 
 
 def select_anchors(gt: dict, per_category: int, seed: int, min_area: float = 0.0,
@@ -65,3 +70,196 @@ def anchor_records(gt: dict, anns: Sequence[dict]) -> list[dict]:
         out.append({"image_id": a["image_id"], "segmentation": rle_for_json(rle),
                     "ann_id": a["id"], "category_id": a["category_id"]})
     return out
+
+
+# --- streaming embedding of a proposal set ------------------------------------------------------------------
+
+PARTS_SUFFIX = ".parts"
+MANIFEST = "manifest.json"
+
+
+class PartsWriter:
+    """Chunks of the output written as they finish: ``<out>.parts/part-000012.npz`` (each renamed into place
+    when complete) plus ``manifest.json`` (the run's fingerprint). A rerun with the same fingerprint keeps the
+    finished chunks; :meth:`finish` concatenates them into ``<out>`` atomically and removes the folder.
+    Nothing half-written is ever read: a part only exists once complete, ``<out>`` only once all are."""
+
+    def __init__(self, out: str | Path, fingerprint: str):
+        from longtail.common.io import read_json, write_json
+
+        self.out = Path(out)
+        self.dir = self.out.with_name(self.out.name + PARTS_SUFFIX)
+        man = self.dir / MANIFEST
+        if self.dir.exists():
+            old = read_json(man, "embed parts manifest") if man.exists() else {}
+            if old.get("fingerprint") != fingerprint:
+                import shutil
+
+                log.warning("%s: parts of another model/configuration/proposal set; starting over", self.dir)
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not man.exists():
+            write_json(man, {"fingerprint": fingerprint})
+
+    def part(self, k: int) -> Path:
+        return self.dir / f"part-{k:06d}.npz"
+
+    def done(self, k: int) -> bool:
+        return self.part(k).exists()
+
+    def write(self, k: int, arrays: dict[str, np.ndarray]) -> None:
+        from longtail.common.io import atomic_path
+
+        with atomic_path(self.part(k)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    def read_all(self, n_parts: int) -> dict[str, np.ndarray]:
+        chunks: dict[str, list] = {}
+        for k in range(n_parts):
+            with np.load(self.part(k)) as z:
+                for key in z.files:
+                    chunks.setdefault(key, []).append(z[key])
+        return {key: np.concatenate(v) for key, v in chunks.items()}
+
+    def finish(self, arrays: dict[str, np.ndarray]) -> None:
+        import shutil
+
+        from longtail.common.io import atomic_path
+
+        with atomic_path(self.out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@torch.no_grad()
+def embed_items(model, items: Sequence) -> np.ndarray:
+    """(sum of n_i, dim) float32 fg embeddings of per-image items (their (n_i, 1, 3, S, S) uint8 crops)."""
+    from longtail.embedding.crops import to_input
+    from longtail.embedding.train import model_device
+
+    crops = torch.cat([it.crops[:, 0] for it in items]) if items else torch.zeros(0)
+    if len(crops) == 0:
+        return np.zeros((0, model.dim), np.float32)
+    z = model(to_input(crops).to(model_device(model)))
+    return model.space.project(z).float().cpu().numpy()
+
+
+def embed_proposal_set(model, proposals, cfg: dict, out: str | Path, *, fingerprint: str, chunk_images: int,
+                       batch_size: int, num_workers: int = 0, progress: bool = True) -> dict:
+    """Embed (z_fg) every kept proposal of a :class:`~longtail.embedding.dataset.ProposalIndex`, image by image.
+
+    Images go through a DataLoader (``num_workers``) in groups of about ``batch_size`` crops; every
+    ``chunk_images`` images a part is written (:class:`PartsWriter`), so a killed run resumes from its last
+    finished chunk. Returns the proposal arrays of embeddings.npz (and ``empty_masks``), in proposals.json
+    order, and leaves the parts folder for :meth:`PartsWriter.finish`.
+    """
+    from tqdm import tqdm
+
+    from longtail.embedding.dataset import ProposalImageDataset, worker_init
+
+    model.eval()
+    ds = ProposalImageDataset(proposals, cfg, train=False)
+    writer = PartsWriter(out, fingerprint)
+    n = len(ds)
+    C = max(1, int(chunk_images))
+    n_parts = max(1, -(-n // C))
+    todo = [k for k in range(n_parts) if not writer.done(k)]
+    if len(todo) < n_parts:
+        log.info("resuming embed: %d of %d parts already in %s", n_parts - len(todo), n_parts, writer.dir)
+    per_image = len(proposals.record_ids) / max(1, len(proposals.image_ids))      # kept proposals an image
+    group = max(1, int(int(batch_size) // max(1.0, per_image)))
+    order = [i for k in todo for i in range(k * C, min(n, (k + 1) * C))]
+    # groups never cross a chunk boundary
+    groups = []
+    for k in todo:
+        idx = list(range(k * C, min(n, (k + 1) * C)))
+        groups += [idx[s:s + group] for s in range(0, len(idx), group)]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=groups, num_workers=int(num_workers), collate_fn=list,
+                                         worker_init_fn=worker_init if num_workers else None)
+    pending: dict[int, list] = {}
+    bar = tqdm(total=len(order), desc="embed proposals", unit="img", disable=not progress)
+    for items in loader:
+        z = embed_items(model, items)
+        o = 0
+        for it in items:
+            k = it.pos // C
+            m = len(it.record_ids)
+            pending.setdefault(k, []).append((it, z[o:o + m]))
+            o += m
+            chunk_end = min(n, (k + 1) * C)
+            if it.pos == chunk_end - 1:                 # groups arrive in order: the chunk is complete
+                done = pending.pop(k)
+                writer.write(k, {
+                    "proposal_embeddings": np.concatenate([zz for _, zz in done]).astype(np.float32)
+                    .reshape(-1, model.dim),
+                    "proposal_ids": np.concatenate([t.record_ids for t, _ in done]).astype(np.int64),
+                    "proposal_image_ids": np.concatenate([np.full(len(t.record_ids), t.image_id, np.int64)
+                                                          for t, _ in done]),
+                    "proposal_scores": np.concatenate([t.scores for t, _ in done]).astype(np.float32),
+                    "empty_masks": np.asarray([sum(t.empty for t, _ in done)], np.int64)})
+        bar.update(len(items))
+    bar.close()
+    arrays = writer.read_all(n_parts) if n else {}
+    if not n:
+        arrays = {"proposal_embeddings": np.zeros((0, model.dim), np.float32),
+                  "proposal_ids": np.zeros(0, np.int64), "proposal_image_ids": np.zeros(0, np.int64),
+                  "proposal_scores": np.zeros(0, np.float32), "empty_masks": np.zeros(1, np.int64)}
+    o = np.argsort(arrays["proposal_ids"], kind="stable")   # proposals.json order
+    for key in ("proposal_embeddings", "proposal_ids", "proposal_image_ids", "proposal_scores"):
+        arrays[key] = arrays[key][o]
+    arrays["empty_masks"] = np.asarray(int(arrays["empty_masks"].sum()))
+    return arrays, writer
+
+
+def embed_records(model, records: Sequence[dict], images: dict[int, dict], cfg: dict, *, batch_size: int,
+                  source: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings of the non-empty masks, their positions in ``records``) of a few records (the anchors),
+    image by image: one image's crops in memory at a time."""
+    from longtail.embedding.crops import load_image
+    from longtail.embedding.dataset import image_item
+
+    by_image: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_image.setdefault(int(r["image_id"]), []).append(i)
+    zs, keep, pend = [], [], []
+
+    def flush():
+        if pend:
+            zs.append(embed_items(model, [it for it, _ in pend]))
+            for it, idx in pend:
+                keep.extend(int(idx[j]) for j in it.record_ids)
+            pend.clear()
+
+    model.eval()
+    for image_id, idx in by_image.items():
+        if image_id not in images:
+            raise LongtailError(f"{source}: image_id {image_id} is not in its image list.")
+        im = images[image_id]
+        image = load_image(im["file_name"], source)
+        it = image_item(0, image, image_id, [records[i]["segmentation"] for i in idx], np.arange(len(idx)),
+                        np.zeros(len(idx)), cfg, ("fg",), relations=False, source=source)
+        pend.append((it, np.asarray(idx)))
+        if sum(len(p.record_ids) for p, _ in pend) >= batch_size:
+            flush()
+    flush()
+    z = np.concatenate(zs) if zs else np.zeros((0, model.dim), np.float32)
+    keep_a = np.asarray(keep, np.int64)
+    o = np.argsort(keep_a, kind="stable")
+    return z[o].astype(np.float32), keep_a[o]
+
+
+def embed_fingerprint(model_path: str | Path, proposals, cfg: dict, chunk_images: int) -> str:
+    """What the parts of a killed embed depend on: the model file, the proposal file, the crops, the chunking."""
+    import hashlib
+
+    from longtail.common.params import params_hash
+
+    h = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    st = Path(proposals.file).stat()
+    return params_hash([h.hexdigest(), str(Path(proposals.file).resolve()), st.st_size, st.st_mtime_ns,
+                        int(cfg["crop_size"]), cfg.get("proposals_per_image"), int(chunk_images)])

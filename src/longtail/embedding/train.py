@@ -4,15 +4,29 @@ One step = one batch of ``images_per_batch`` images: every proposal of those ima
 (its full, fg and bg crops are embedded once), L_object / L_hierarchical triplets are sampled among the
 batch's proposals (negatives may come from the other images of the batch). Riemannian Adam (geoopt).
 
+Data: the steps come from a ``torch.utils.data.DataLoader`` over images (:mod:`longtail.embedding.dataset`):
+each worker reads one image, its proposals and region tree, cuts the crops and computes that image's relations;
+memory is bounded by a few batches, not by the split. The in-RAM :class:`TrainingSet` (all crops at once; small
+sets, tests and the benchmark's reference) goes through the same loop and gives the same steps.
+
 Checkpointing: the state (model, optimizer, step, history) is saved atomically every ``checkpoint_every``
-steps and at the end of each epoch; a run with the same configuration and data resumes from it. Sampling
+steps, at the end of each epoch and when SIGUSR1 / SIGTERM arrives (SLURM's pre-timeout signal; the run
+then stops with :class:`Preempted`); a run with the same configuration and data resumes from it. Sampling
 and the image order are seeded per step/epoch, so a resumed run equals an uninterrupted one.
+
+DDP: under ``torchrun`` (WORLD_SIZE > 1, :func:`init_distributed`) the model is wrapped in
+DistributedDataParallel (gloo on the CPU, nccl on GPUs); rank r of W takes every W-th image of each step's
+``images_per_batch`` (the global batch is kept), samples its triplets within its share and DDP averages the
+gradients; only rank 0 writes checkpoints. The losses logged are the mean over the ranks.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,15 +40,19 @@ from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path
 from longtail.common.params import params_hash
 from longtail.embedding.crops import crops_for_records, to_input
+from longtail.embedding.dataset import REL_STATS, ImageItem, StepBatchSampler, step_loader, steps_per_epoch
 from longtail.embedding.losses import LOSS_TERMS, loss_hierarchical, loss_mask, loss_object, total_loss
 from longtail.embedding.model import EmbeddingNet
-from longtail.embedding.sampling import Relations, build_relations, region_tree_pairs, sample_triplets
+from longtail.embedding.sampling import Relations, build_relations, region_tree_pairs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainingSet:
+    """The in-RAM training set: every crop of every proposal at once (small sets, tests, the benchmark's
+    reference). The stage itself streams (:func:`longtail.embedding.dataset.training_dataset`)."""
+
     records: list[dict]          # proposals used (top-N per image)
     record_ids: np.ndarray       # their positions in proposals.json
     crops: np.ndarray            # (N, 3 kinds, 3, S, S) uint8
@@ -63,28 +81,61 @@ def build_model(cfg: dict) -> EmbeddingNet:
     return EmbeddingNet.from_config(cfg)
 
 
-def batch_losses(model: EmbeddingNet, ts: TrainingSet, trip, cfg: dict) -> dict[str, torch.Tensor]:
-    """Loss terms of one sampled batch (only the enabled ones are computed)."""
+class InMemoryImages(torch.utils.data.Dataset):
+    """The images of an in-RAM :class:`TrainingSet` as per-image items (same items as the streaming dataset)."""
+
+    def __init__(self, ts: TrainingSet):
+        self.ts = ts
+        self.images = [k for k, idx in enumerate(ts.relations.images) if len(idx)]
+        self.record_ids = ts.record_ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> ImageItem:
+        rel = self.ts.relations
+        idx = rel.images[self.images[i]]
+        local = lambda lst: [np.searchsorted(idx, lst[g]).astype(np.int64) for g in idx]
+        return ImageItem(pos=i, image_id=int(self.ts.records[idx[0]]["image_id"]), record_ids=self.ts.record_ids[idx],
+                         scores=np.asarray([self.ts.records[g]["score"] for g in idx], np.float64),
+                         crops=torch.from_numpy(self.ts.crops[idx]), positives=local(rel.positives),
+                         negatives=local(rel.negatives), children=local(rel.children))
+
+
+def step_losses(model: torch.nn.Module, crops_u8: torch.Tensor | np.ndarray, trip, cfg: dict,
+                space=None) -> dict[str, torch.Tensor]:
+    """Loss terms of one batch: ``crops_u8`` (P, 3 kinds, 3, S, S) of the proposals ``trip.proposals`` refers
+    to by position (only the enabled terms are computed; fg crops only without L_mask)."""
     enabled = tuple(cfg["losses"])
-    P = trip.proposals
-    local = np.full(len(ts.crops), -1, np.int64)
-    local[P] = np.arange(len(P))
+    space = space or model.space
     kinds = [0, 1, 2] if "mask" in enabled else [1]          # full, fg, bg  /  fg only
-    x = to_input(ts.crops[P][:, kinds]).to(model_device(model))   # (P, k, 3, S, S)
-    z = model(x.flatten(0, 1)).view(len(P), len(kinds), -1)
+    crops_u8 = torch.as_tensor(crops_u8)
+    P = len(crops_u8)
+    x = to_input(crops_u8[:, kinds]).to(model_device(model))   # (P, k, 3, S, S)
+    z = model(x.flatten(0, 1)).view(P, len(kinds), -1)
     z_fg = z[:, kinds.index(1)]
     alpha = cfg["alpha"]
     terms: dict[str, torch.Tensor] = {}
     if "mask" in enabled:
-        terms["mask"] = loss_mask(model.space, z[:, 0], z_fg, z[:, 2], alpha)
+        terms["mask"] = loss_mask(space, z[:, 0], z_fg, z[:, 2], alpha)
     if "object" in enabled:
-        a, p, n = local[trip.anchors], local[trip.positives], local[trip.negatives]
-        terms["object"] = loss_object(model.space, z_fg[a], z_fg[p], z_fg[n], alpha)
+        terms["object"] = loss_object(space, z_fg[trip.anchors], z_fg[trip.positives], z_fg[trip.negatives], alpha)
     if "hierarchical" in enabled:
-        terms["hierarchical"] = loss_hierarchical(model.space, z_fg[local[trip.parents]],
-                                                  z_fg[local[trip.children]], alpha)
+        terms["hierarchical"] = loss_hierarchical(space, z_fg[trip.parents], z_fg[trip.children], alpha)
     terms["total"] = total_loss(terms, cfg["beta"], cfg["gamma"], enabled)
     return terms
+
+
+def batch_losses(model: EmbeddingNet, ts: TrainingSet, trip, cfg: dict) -> dict[str, torch.Tensor]:
+    """Loss terms of triplets sampled on the in-RAM set's global relations (``sample_triplets(ts.relations)``)."""
+    from longtail.embedding.sampling import Triplets
+
+    P = trip.proposals
+    local = np.full(len(ts.crops), -1, np.int64)
+    local[P] = np.arange(len(P))
+    lt = Triplets(proposals=np.arange(len(P)), anchors=local[trip.anchors], positives=local[trip.positives],
+                  negatives=local[trip.negatives], parents=local[trip.parents], children=local[trip.children])
+    return step_losses(model, ts.crops[P], lt, cfg)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -92,14 +143,21 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def pick_device(gpu: int | None) -> torch.device:
-    """cuda when GPUs are requested (params ``gpu``) and present, else cpu."""
-    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+    """cuda when GPUs are requested (params ``gpu``) and visible, else cpu (with a warning when requested)."""
+    from longtail.common.runtime import gpu_device
+
+    return gpu_device(gpu, "train-embedding")
 
 
-def fingerprint(cfg: dict, ts: TrainingSet, seed: int) -> str:
+def fingerprint(cfg: dict, data, seed: int) -> str:
+    """Configuration + the proposals trained on (``data.record_ids``) + seed; not the keys that change no result."""
+    import hashlib
+
     keys = [k for k in cfg if k not in ("checkpoint_every", "threads", "embed_batch_size", "anchors_per_category",
-                                        "anchor_min_area", "variants", "gpu", "out_dir")]
-    return params_hash([{k: cfg[k] for k in sorted(keys)}, ts.record_ids.tolist(), seed])
+                                        "anchor_min_area", "variants", "gpu", "out_dir", "num_workers",
+                                        "embed_chunk_images")]
+    ids = hashlib.sha256(np.ascontiguousarray(data.record_ids, np.int64).tobytes()).hexdigest()
+    return params_hash([{k: cfg[k] for k in sorted(keys)}, ids, seed])
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
@@ -116,22 +174,82 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
             p_state["step"] = int(p_state["step"].item())
 
 
-def train(model: EmbeddingNet, ts: TrainingSet, cfg: dict, *, seed: int, checkpoint: str | Path | None = None,
-          on_step: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
-    """Train ``model`` in place; return the history and summary numbers."""
+class Preempted(LongtailError):
+    """SIGUSR1 / SIGTERM arrived during training; the checkpoint of the current step was saved."""
+
+
+class _Signals:
+    """SIGUSR1 / SIGTERM set a flag (checked after each step) instead of killing the process."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def init_distributed(gpu: int | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) the process group is started: nccl with one
+    GPU per local rank when GPUs are requested and visible, else gloo on the CPU (with a warning if GPUs were
+    requested). Without torchrun: rank 0 of 1 on ``pick_device(gpu)``."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, pick_device(gpu)
+    device = pick_device(gpu)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | Path | None = None,
+          on_step: Callable[[int, dict], None] | None = None, progress: bool = True,
+          num_workers: int = 0) -> dict:
+    """Train ``model`` in place on ``data`` (a per-image dataset, e.g.
+    :class:`~longtail.embedding.dataset.ProposalImageDataset`, or an in-RAM :class:`TrainingSet`); return the
+    summary numbers. ``num_workers`` DataLoader worker processes prepare the steps. Under an initialised
+    process group the model is trained with DDP (see the module docstring); only rank 0 saves."""
+    import torch.distributed as dist
     from tqdm import tqdm
 
     enabled = tuple(cfg["losses"])
     if not enabled or any(t not in LOSS_TERMS for t in enabled):
         raise ValueError(f"losses must be a non-empty subset of {LOSS_TERMS}")
-    images = [k for k, idx in enumerate(ts.relations.images) if len(idx)]
+    if isinstance(data, TrainingSet):
+        data = InMemoryImages(data)
+    rank, world = _world()
     B = int(cfg["images_per_batch"])
-    steps_per_epoch = max(1, math.ceil(len(images) / B))
-    total = steps_per_epoch * int(cfg["epochs"])
+    spe = steps_per_epoch(len(data), B)
+    total = spe * int(cfg["epochs"])
     if cfg.get("max_steps"):
         total = min(total, int(cfg["max_steps"]))
     opt = geoopt.optim.RiemannianAdam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    fp = fingerprint(cfg, ts, seed)
+    fp = fingerprint(cfg, data, seed)
     step, history = 0, []
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.exists():
@@ -145,42 +263,66 @@ def train(model: EmbeddingNet, ts: TrainingSet, cfg: dict, *, seed: int, checkpo
             log.warning("checkpoint %s is from another configuration or data; starting over", ckpt)
 
     def save(s: int) -> None:
-        if ckpt is None:
+        if ckpt is None or rank != 0:
             return
         with atomic_path(ckpt) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": s,
                         "history": history, "fingerprint": fp}, tmp)
 
+    net = model
+    if world > 1:
+        dev = model_device(model)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+    sampler = StepBatchSampler(len(data), B, seed, step, total, rank, world)
+    loader = step_loader(data, sampler, seed=seed, num_negatives=cfg["num_negatives"], num_workers=num_workers)
     model.train()
     t0 = time.time()
-    bar = tqdm(total=total, initial=step, desc="train-embedding", unit="step", disable=not progress)
-    while step < total:
-        epoch, b = divmod(step, steps_per_epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(len(images))
-        batch = [images[i] for i in order[b * B:(b + 1) * B]]
-        trip = sample_triplets(ts.relations, batch, np.random.default_rng([seed, 1, step]),
-                               cfg["num_negatives"])
-        terms = batch_losses(model, ts, trip, cfg)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        opt.step()
-        rec = {"step": step, "epoch": epoch, **{f"loss_{k}": float(v.detach()) for k, v in terms.items()},
-               "object_triplets": int(len(trip.anchors) * trip.negatives.shape[1]),
-               "hierarchical_pairs": len(trip.parents), "batch_proposals": len(trip.proposals)}
-        if not all(math.isfinite(v) for k, v in rec.items() if k.startswith("loss_")):
-            raise LongtailError(f"train-embedding: non-finite loss at step {step} ({rec}); the training "
-                                f"diverged - lower embedding.lr or set embedding.max_tangent_norm > 0.")
-        history.append(rec)
-        if on_step:
-            on_step(step, rec)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss_total']:.4f}")
-        if step % steps_per_epoch == 0 or step == total or (cfg["checkpoint_every"]
-                                                             and step % cfg["checkpoint_every"] == 0):
-            save(step)
+    bar = tqdm(total=total, initial=step, desc="train-embedding", unit="step", disable=not progress or rank != 0)
+    with _Signals() as sig:
+        for batch in loader:
+            assert batch.step in (step, -1), (batch.step, step)          # -1: no images for this rank
+            trip = batch.triplets
+            if len(batch.crops):
+                terms = step_losses(net, batch.crops, trip, cfg, space=model.space)
+            else:                                  # a DDP rank without images this step still joins the all-reduce
+                zero = sum(p.sum() for p in model.parameters()) * 0.0
+                terms = {**{t: zero for t in enabled}, "total": zero}
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt.step()
+            counts = [float(len(trip.anchors) * trip.negatives.shape[1]), float(len(trip.parents)),
+                      float(len(trip.proposals)), *(float(batch.stats[k]) for k in REL_STATS)]
+            losses = {k: float(v.detach()) for k, v in terms.items()}
+            stop = float(sig.received is not None)
+            if world > 1:                          # losses: mean over the ranks; counts: sums; stop: any rank
+                vec = torch.tensor([*losses.values(), *counts, stop], dtype=torch.float64)
+                dist.all_reduce(vec)
+                n = len(losses)
+                losses = dict(zip(losses, (vec[:n] / world).tolist()))
+                counts, stop = vec[n:-1].tolist(), float(vec[-1])
+            rec = {"step": step, "epoch": step // spe, **{f"loss_{k}": v for k, v in losses.items()},
+                   "object_triplets": int(counts[0]), "hierarchical_pairs": int(counts[1]),
+                   "batch_proposals": int(counts[2]), **{k: int(c) for k, c in zip(REL_STATS, counts[3:])}}
+            if not all(math.isfinite(v) for k, v in rec.items() if k.startswith("loss_")):
+                raise LongtailError(f"train-embedding: non-finite loss at step {step} ({rec}); the training "
+                                    f"diverged - lower embedding.lr or set embedding.max_tangent_norm > 0.")
+            history.append(rec)
+            if on_step:
+                on_step(step, rec)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss_total']:.4f}")
+            if step % spe == 0 or step == total or (cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0) \
+                    or stop:
+                save(step)
+            if stop and step < total:
+                if world > 1:
+                    dist.barrier()                 # rank 0's checkpoint is on disk before any rank exits
+                name = signal.Signals(sig.received).name if sig.received else "a signal on another rank"
+                raise Preempted(f"train-embedding: stopped by {name} after step {step}/{total}; the checkpoint "
+                                f"{ckpt} was saved - rerun the same command to resume from it.")
     bar.close()
-    return summarize(history, steps_per_epoch, time.time() - t0)
+    return summarize(history, spe, time.time() - t0)
 
 
 def summarize(history: list[dict], steps_per_epoch: int, seconds: float) -> dict:
@@ -196,6 +338,9 @@ def summarize(history: list[dict], steps_per_epoch: int, seconds: float) -> dict
             out[f"last_epoch_{k}"] = float(np.mean([h[k] for h in last]))
     for k in ("object_triplets", "hierarchical_pairs"):
         out[f"total_{k}"] = int(sum(h[k] for h in history))
+    if history[0]["epoch"] == 0:                     # relation counts of the images seen in the first epoch
+        for k in REL_STATS:
+            out[k] = int(sum(h.get(k, 0) for h in first))
     return out
 
 

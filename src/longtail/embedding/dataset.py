@@ -1,0 +1,443 @@
+"""Per-image data path of train-embedding and embed: memory bounded by one batch of images, not by the split.
+
+* :class:`ProposalIndex` scans ``proposals.json`` once, streaming, and keeps per record only its image id,
+  score, mask area and byte span (~36 bytes a record: 210 MB for COCO train's 5.9M proposals); a record's
+  RLE is read back from the file when its image is loaded. The top ``proposals_per_image`` of each image are
+  chosen on these arrays, exactly as :func:`longtail.embedding.sampling.top_per_image` does on the records.
+* :class:`ProposalImageDataset` (``torch.utils.data.Dataset``): item = one image: it decodes the image and its
+  proposals' RLEs, loads its region tree (if a trees folder is given), cuts the full/fg/bg crops and computes
+  that image's relations (positives, same-image negatives, children incl. region-tree pairs).
+* :class:`StepBatchSampler` yields the images of each training step in today's order (per-epoch permutation
+  ``default_rng([seed, epoch])``), from any start step (resume), split across DDP ranks;
+  :func:`collate_images` concatenates the images of a step and samples its triplets with
+  ``default_rng([seed, 1, step])`` through :func:`~longtail.embedding.sampling.sample_triplets`, so the
+  triplets (and the losses) are the ones of the in-RAM path.
+
+Peak memory: the per-record arrays above, the image table of ``index.json``, and ``num_workers x prefetch``
+batches of crops (images_per_batch x proposals x 3 crops x 3 x S x S bytes each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from longtail.common.errors import LongtailError
+from longtail.common.io import read_json
+from longtail.common.masks import rle_for_pycocotools
+from longtail.embedding.crops import CROP_KINDS, load_image, mask_crops
+from longtail.embedding.sampling import Relations, Triplets, build_relations, region_tree_pairs, sample_triplets
+
+_CHUNK = 1 << 22          # bytes read at a time while scanning proposals.json (4 MB)
+#: relation counts of a step's images, summed over the first epoch into train-embedding's metrics
+REL_STATS = ("anchors_with_positive", "anchors_with_child", "anchors_with_same_image_negative", "region_tree_pairs")
+
+
+def scan_records(path: Path) -> Iterator[tuple[int, int, dict]]:
+    """(byte offset, byte length, record) of each element of a JSON list, read in 4 MB chunks.
+
+    The text is decoded as latin-1 (one character per byte) so that offsets are byte offsets; only numbers
+    and the ASCII RLE counts are used from the records parsed here.
+    """
+    dec = json.JSONDecoder()
+    with open(path, "rb") as f:
+        buf, base, pos, eof = "", 0, 0, False          # buf[0] is at byte `base` of the file
+
+        def more() -> bool:
+            nonlocal buf, base, pos, eof
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                eof = True
+                return False
+            buf, base, pos = buf[pos:] + chunk.decode("latin-1"), base + pos, 0
+            return True
+
+        def skip_ws() -> str:
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf) or not more():
+                    return buf[pos] if pos < len(buf) else ""
+
+        if skip_ws() != "[":
+            raise LongtailError(f"{path}: not a JSON list of proposal records; rerun `longtail propose`.")
+        pos += 1
+        first = True
+        while True:
+            c = skip_ws()
+            if c == "]":
+                return
+            if c == "":
+                raise LongtailError(f"{path}: truncated at byte {base + pos} (a killed job's partial file?); "
+                                    f"rerun `longtail propose`.")
+            if not first:
+                if c != ",":
+                    raise LongtailError(f"{path}: malformed at byte {base + pos}; rerun `longtail propose`.")
+                pos += 1
+                skip_ws()
+            first = False
+            while True:
+                try:
+                    rec, end = dec.raw_decode(buf, pos)
+                    break
+                except json.JSONDecodeError:
+                    if eof or not more():
+                        raise LongtailError(f"{path}: truncated or malformed at byte {base + pos} (a killed "
+                                            f"job's partial file?); rerun `longtail propose`.") from None
+            yield base + pos, end - pos, rec
+            pos = end
+
+
+@dataclass
+class ImageMeta:
+    id: int
+    file_name: str
+    height: int
+    width: int
+
+
+class ProposalIndex:
+    """Byte spans of the kept proposals of a proposal set, grouped by image (see the module docstring).
+
+    ``record_ids`` are positions in proposals.json (as in embeddings.npz's ``proposal_ids``), ascending;
+    ``image_ids`` the images that have kept proposals, in the order of their first record.
+    """
+
+    def __init__(self, path: str | Path, n_per_image: int | None):
+        from longtail.proposals.format import INDEX_FILE, PROPOSALS_FILE
+
+        self.dir = Path(path)
+        self.file = self.dir / PROPOSALS_FILE
+        self.index = read_json(self.dir / INDEX_FILE, "proposal index")
+        if not self.file.exists():
+            raise LongtailError(f"{self.file}: not found; rerun `longtail propose`.")
+        self.images = {int(im["id"]): ImageMeta(int(im["id"]), im["file_name"], int(im["height"]), int(im["width"]))
+                       for im in self.index.get("images", [])}
+        self.index = {k: v for k, v in self.index.items() if k != "images"}     # the table lives in self.images
+        img, off, length, area = (array("q") for _ in range(4))      # 8 bytes a record each, not Python objects
+        score = array("d")
+        for o, n, rec in scan_records(self.file):
+            if not isinstance(rec, dict) or any(k not in rec for k in ("image_id", "segmentation", "score")):
+                raise LongtailError(f"{self.file}: record {len(img)} lacks image_id/segmentation/score; not the "
+                                    f"shared proposal format.")
+            img.append(int(rec["image_id"]))
+            score.append(float(rec["score"]))
+            off.append(o)
+            length.append(n)
+            area.append(_area(rec["segmentation"]))
+        self.proposals_in_file = len(img)
+        if not img:
+            raise LongtailError(f"{self.file}: no proposals at all; check the proposal stage's output.")
+        img_a, score_a = np.frombuffer(img, np.int64), np.frombuffer(score, np.float64)
+        ids = np.arange(len(img_a))
+        order = np.lexsort((ids, -score_a, img_a))               # per image by descending score, then position
+        rank = np.empty(len(ids), np.int64)
+        first = np.r_[True, img_a[order][1:] != img_a[order][:-1]]
+        group_start = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
+        rank[order] = np.arange(len(ids)) - group_start
+        keep = np.flatnonzero(rank < n_per_image) if n_per_image else ids
+        self.record_ids = keep.astype(np.int64)
+        self.record_image = img_a[keep]
+        self.record_score = score_a[keep]
+        self.record_offset = np.frombuffer(off, np.int64)[keep]
+        self.record_length = np.frombuffer(length, np.int64)[keep]
+        self.record_valid = np.frombuffer(area, np.int64)[keep] > 0
+        del img, score, off, length, area
+        by_image = np.argsort(self.record_image, kind="stable")          # keeps ascending record ids per image
+        uniq, starts = np.unique(self.record_image[by_image], return_index=True)
+        ends = np.r_[starts[1:], len(by_image)]
+        self._by_image = by_image
+        self._span = {int(i): (int(s), int(e)) for i, s, e in zip(uniq, starts, ends)}
+        # images in the order of their first record (= the file's order, sorted by image in the shared format)
+        self.image_ids = uniq[np.argsort(by_image[starts], kind="stable")]
+        missing = [i for i in self.image_ids.tolist() if i not in self.images]
+        if missing:
+            raise LongtailError(f"{self.file}: image_id {missing[0]} of a proposal is not in the image list; the "
+                                f"proposal set and its index.json disagree - rerun `longtail propose`.")
+
+    def positions(self, image_id: int) -> np.ndarray:
+        """Positions (into the kept arrays) of an image's kept records, ascending record id."""
+        span = self._span.get(int(image_id))
+        return np.zeros(0, np.int64) if span is None else self._by_image[span[0]:span[1]]
+
+    def records(self, image_id: int) -> tuple[np.ndarray, list[dict]]:
+        """(positions, records) of an image's kept proposals, read from proposals.json."""
+        pos = self.positions(image_id)
+        if len(pos) == 0:
+            return pos, []
+        off, ln = self.record_offset[pos], self.record_length[pos]
+        lo, hi = int(off.min()), int((off + ln).max())
+        out = []
+        with open(self.file, "rb") as f:
+            if hi - lo <= 4 * int(ln.sum()) + 4096:               # contiguous (sorted file): one read
+                f.seek(lo)
+                blob = f.read(hi - lo)
+                out = [json.loads(blob[o - lo:o - lo + n]) for o, n in zip(off.tolist(), ln.tolist())]
+            else:
+                for o, n in zip(off.tolist(), ln.tolist()):
+                    f.seek(o)
+                    out.append(json.loads(f.read(n)))
+        return pos, out
+
+    def valid_image_ids(self) -> np.ndarray:
+        """Images with at least one non-empty kept mask, sorted by id (the in-RAM path's training images)."""
+        return np.unique(self.record_image[self.record_valid])
+
+
+def _area(seg) -> int:
+    try:
+        return int(mask_utils.area(rle_for_pycocotools(seg)))
+    except Exception:
+        return 1                       # not an RLE we can measure: decoded (and checked) when its image is read
+
+
+# --- region trees, per image --------------------------------------------------------------------------------
+
+class RegionTreeIndex:
+    """``longtail ucm`` output (``index.json`` + ``<key>.npz``): the tree of one image is loaded on demand."""
+
+    def __init__(self, trees_dir: str | Path):
+        self.dir = Path(trees_dir)
+        index = read_json(self.dir / "index.json", "region tree index")
+        if not isinstance(index, dict) or not isinstance(index.get("images"), list):
+            raise LongtailError(f"{self.dir / 'index.json'}: no 'images' list; rerun `longtail ucm`.")
+        self.files = {int(r["image_id"]): r["tree"] for r in index["images"] if r.get("image_id") is not None}
+
+    def get(self, image_id: int):
+        from longtail.hierarchy.tree import load_region_tree
+
+        name = self.files.get(int(image_id))
+        return None if name is None else load_region_tree(self.dir / name)
+
+
+# --- items and batches --------------------------------------------------------------------------------------
+
+@dataclass
+class ImageItem:
+    """One image's proposals: crops of its non-empty masks and their relations (local indices)."""
+
+    pos: int                       # position of the image in the dataset
+    image_id: int
+    record_ids: np.ndarray         # (n,) positions in proposals.json
+    scores: np.ndarray             # (n,)
+    crops: torch.Tensor            # (n, k, 3, S, S) uint8
+    positives: list[np.ndarray]
+    negatives: list[np.ndarray]
+    children: list[np.ndarray]
+    empty: int = 0                 # empty masks left out
+    tree_pairs: int = 0
+
+
+def image_item(pos: int, image: np.ndarray, image_id: int, rles: Sequence[dict], record_ids: np.ndarray,
+               scores: np.ndarray, cfg: dict, kinds: Sequence[str] = CROP_KINDS, tree=None,
+               relations: bool = True, source: str = "") -> ImageItem:
+    """Crops (empty masks left out) and, if ``relations``, the within-image relations of one image."""
+    from longtail.common.masks import decode_mask
+
+    size = int(cfg["crop_size"])
+    crops, keep = [], []
+    for j, rle in enumerate(rles):
+        c = mask_crops(image, decode_mask(rle), size, kinds)
+        if c is not None:
+            crops.append(c)
+            keep.append(j)
+    keep_a = np.asarray(keep, np.int64)
+    arr = np.stack(crops) if crops else np.zeros((0, len(kinds), 3, size, size), np.uint8)
+    pos_l = neg_l = ch_l = []
+    n_pairs = 0
+    if relations and len(keep):
+        kept = [rles[j] for j in keep]
+        ids = [image_id] * len(kept)
+        extra = region_tree_pairs(kept, ids, {image_id: tree}, match_iou=cfg["tree_match_iou"],
+                                  max_area_ratio=cfg["child_max_area_ratio"]) if tree is not None else []
+        n_pairs = len(extra)
+        rel = build_relations(kept, ids, pos_iou=cfg["pos_iou"], neg_max_iou=cfg["neg_max_iou"],
+                              child_containment=cfg["child_containment"],
+                              child_max_area_ratio=cfg["child_max_area_ratio"],
+                              child_min_area_ratio=cfg["child_min_area_ratio"], extra_children=extra)
+        pos_l, neg_l, ch_l = rel.positives, rel.negatives, rel.children
+    return ImageItem(pos=pos, image_id=int(image_id), record_ids=np.asarray(record_ids, np.int64)[keep_a],
+                     scores=np.asarray(scores, np.float64)[keep_a], crops=torch.from_numpy(arr),
+                     positives=list(pos_l), negatives=list(neg_l), children=list(ch_l),
+                     empty=len(rles) - len(keep), tree_pairs=n_pairs)
+
+
+class ProposalImageDataset(torch.utils.data.Dataset):
+    """Map-style dataset over images: item ``i`` (or ``(i, step)`` from :class:`StepBatchSampler`) = one image.
+
+    ``train=True``: the images with at least one non-empty kept mask, sorted by id (as in the in-RAM path),
+    3 crops per proposal and the relations. ``train=False`` (embed): every image with kept proposals, in the
+    file's order, fg crops only, no relations. ``max_per_image`` (> 0) caps an image's proposals per step
+    (a random subset seeded by ``(seed, step, image)``; see ``embedding.max_proposals_per_step``).
+    """
+
+    def __init__(self, proposals: ProposalIndex, cfg: dict, *, trees_dir: str | Path | None = None,
+                 train: bool = True, max_per_image: int = 0, seed: int = 0):
+        self.proposals, self.cfg, self.train, self.seed = proposals, cfg, train, int(seed)
+        self.trees = RegionTreeIndex(trees_dir) if trees_dir else None
+        self.image_ids = proposals.valid_image_ids() if train else proposals.image_ids
+        self.kinds = CROP_KINDS if train else ("fg",)
+        self.max_per_image = int(max_per_image or 0)
+        self.record_ids = proposals.record_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, key) -> ImageItem:
+        i, step = key if isinstance(key, tuple) else (key, None)
+        image_id = int(self.image_ids[i])
+        meta = self.proposals.images[image_id]
+        pos, recs = self.proposals.records(image_id)
+        src = str(self.proposals.file)
+        if self.train and self.max_per_image and step is not None:
+            valid = np.flatnonzero(self.proposals.record_valid[pos])
+            if len(valid) > self.max_per_image:
+                rng = np.random.default_rng([self.seed, 2, int(step), image_id])
+                sel = np.sort(rng.choice(valid, self.max_per_image, replace=False))
+                pos, recs = pos[sel], [recs[j] for j in sel]
+        image = load_image(meta.file_name, src)
+        tree = self.trees.get(image_id) if (self.trees is not None and self.train) else None
+        return image_item(i, image, image_id, [r["segmentation"] for r in recs], self.proposals.record_ids[pos],
+                          self.proposals.record_score[pos], self.cfg, self.kinds, tree=tree,
+                          relations=self.train, source=src)
+
+
+@dataclass
+class Batch:
+    """The images of one step: crops in image order, batch-local relations and the sampled triplets."""
+
+    step: int
+    crops: torch.Tensor            # (P, k, 3, S, S) uint8
+    record_ids: np.ndarray         # (P,)
+    relations: Relations
+    triplets: Triplets
+    items: list                    # the ImageItems without their crops
+    stats: dict                    # relation counts of the batch's images (REL_STATS)
+
+
+def batch_relations(items: Sequence[ImageItem]) -> Relations:
+    """The items' per-image relations with indices into the concatenation of their proposals."""
+    offsets = np.cumsum([0] + [len(it.record_ids) for it in items])
+    shift = lambda lst, o: [np.asarray(a, np.int64) + o for a in lst]
+    pos, neg, ch, images = [], [], [], []
+    for it, o in zip(items, offsets[:-1]):
+        pos += shift(it.positives, o)
+        neg += shift(it.negatives, o)
+        ch += shift(it.children, o)
+        images.append(np.arange(o, o + len(it.record_ids), dtype=np.int64))
+    image_index = np.repeat(np.arange(len(items)), np.diff(offsets))
+    return Relations(image_index=image_index, images=images, positives=pos, negatives=neg, children=ch)
+
+
+def collate_images(items: Sequence[ImageItem], *, seed: int, num_negatives: int) -> Batch:
+    """A step's batch; triplets drawn with ``default_rng([seed, 1, step])`` (as in the in-RAM path)."""
+    step = int(getattr(items[0], "step", -1)) if items else -1
+    rel = batch_relations(items)
+    rng = np.random.default_rng([seed, 1, step] if items else 0)      # no images (a DDP rank): nothing drawn
+    trip = sample_triplets(rel, list(range(len(items))), rng, num_negatives)
+    crops = torch.cat([it.crops for it in items]) if items else torch.zeros(0, dtype=torch.uint8)
+    rec = np.concatenate([it.record_ids for it in items]) if items else np.zeros(0, np.int64)
+    stats = {"anchors_with_positive": sum(int(sum(len(p) > 0 for p in it.positives)) for it in items),
+             "anchors_with_child": sum(int(sum(len(c) > 0 for c in it.children)) for it in items),
+             "anchors_with_same_image_negative": sum(int(sum(len(n) > 0 for n in it.negatives)) for it in items),
+             "region_tree_pairs": sum(it.tree_pairs for it in items)}
+    light = [ImageItem(it.pos, it.image_id, it.record_ids, it.scores, it.crops[:0], [], [], [], it.empty,
+                       it.tree_pairs) for it in items]
+    return Batch(step=step, crops=crops, record_ids=rec, relations=rel, triplets=trip, items=light, stats=stats)
+
+
+class _StepItems(torch.utils.data.Dataset):
+    """Wraps a per-image dataset so that each item knows its step (for the triplet RNG and the cap)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, key):
+        i, step = key
+        it = self.base[(i, step)] if isinstance(self.base, ProposalImageDataset) else self.base[i]
+        it.step = step
+        return it
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Dataset keys ``(image, step)`` of steps ``start..total-1``: the images of step s are
+    ``default_rng([seed, epoch]).permutation(n)[b*B:(b+1)*B]`` (epoch, b = divmod(s, steps_per_epoch)); under
+    DDP rank r of W takes every W-th of them (the global batch of B images is preserved across the ranks; a
+    step with fewer than W images repeats some so that no rank is idle)."""
+
+    def __init__(self, n_images: int, images_per_batch: int, seed: int, start: int, total: int,
+                 rank: int = 0, world: int = 1):
+        self.n, self.B, self.seed, self.start, self.total = n_images, int(images_per_batch), seed, start, total
+        self.rank, self.world = rank, world
+        self.steps_per_epoch = steps_per_epoch(n_images, self.B)
+
+    def images(self, step: int) -> list[int]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return [int(i) for i in order[b * self.B:(b + 1) * self.B]]
+
+    def __iter__(self):
+        for s in range(self.start, self.total):
+            imgs = self.images(s)
+            if len(imgs) < self.world:             # every rank needs an image (DDP syncs every step): repeat
+                imgs = (imgs * self.world)[:self.world]         # some, like DistributedSampler's padding
+            yield [(i, s) for i in imgs[self.rank::self.world]]
+
+    def __len__(self):
+        return max(0, self.total - self.start)
+
+
+def per_image_cap(max_proposals_per_step: int, images_per_batch: int, world: int = 1) -> int:
+    """Proposals an image keeps per step so that a process's step has at most ``max_proposals_per_step``
+    (0 = no cap): ``max(1, cap // images per process)``."""
+    if not max_proposals_per_step:
+        return 0
+    return max(1, int(max_proposals_per_step) // max(1, math.ceil(int(images_per_batch) / max(1, world))))
+
+
+def training_dataset(proposals_dir: str | Path, cfg: dict, *, trees_dir: str | Path | None = None, seed: int = 0,
+                     world: int = 1) -> ProposalImageDataset:
+    """The streaming training dataset of a proposal set with the configuration's top-N and per-step cap."""
+    ds = ProposalImageDataset(ProposalIndex(proposals_dir, cfg["proposals_per_image"]), cfg, trees_dir=trees_dir,
+                              max_per_image=per_image_cap(cfg.get("max_proposals_per_step", 0),
+                                                          cfg["images_per_batch"], world), seed=seed)
+    if len(ds) == 0:
+        raise LongtailError(f"{proposals_dir}: every proposal mask is empty; nothing to train on.")
+    return ds
+
+
+def steps_per_epoch(n_images: int, images_per_batch: int) -> int:
+    return max(1, math.ceil(n_images / int(images_per_batch)))
+
+
+def worker_init(_=None) -> None:
+    """DataLoader workers: one torch thread; SIGUSR1 / SIGTERM are the main process's (it checkpoints, then
+    ends the workers)."""
+    import signal
+
+    torch.set_num_threads(1)
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def step_loader(dataset, sampler: StepBatchSampler, *, seed: int, num_negatives: int,
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """DataLoader of training steps (one :class:`Batch` per step) with ``num_workers`` worker processes."""
+    import functools
+
+    return torch.utils.data.DataLoader(
+        _StepItems(dataset), batch_sampler=sampler, num_workers=int(num_workers),
+        collate_fn=functools.partial(collate_images, seed=seed, num_negatives=num_negatives),
+        worker_init_fn=worker_init if num_workers else None)
