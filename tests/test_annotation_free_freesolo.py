@@ -99,23 +99,20 @@ def test_pairwise_loss_matches_unfolded_definition():
     assert float(pairwise_loss(logits, weights, 3, 2)) == pytest.approx(float(ref), rel=1e-5)
 
 
-@pytest.mark.slow
-def test_train_freesolo_then_propose(tmp_path):
-    """Two SOLOv2 iterations with the weak losses on 2 real images, then self-training with an impossible
-    threshold -> the clear 'empty pseudo-mask set' error; the round-0 model proposes masks on val images."""
-    from longtail.cli import main
-    from longtail.proposals.format import make_record, read_proposals, write_proposals
+def _gt_pseudo_masks(tmp_path: Path, n_images: int = 2) -> tuple[Path, Path, list[int]]:
+    """A training set of ``n_images`` real val images and their annotation masks as a pseudo-mask proposal set
+    (to test the training mechanics); returns (dataset json, pseudo dir, image ids)."""
+    from pycocotools import mask as mask_utils
+
+    from longtail.proposals.format import make_record, write_proposals
 
     d = json.loads(COCO_VAL.read_text())
-    ids = sorted({a["image_id"] for a in d["annotations"]})[:2]
+    ids = sorted({a["image_id"] for a in d["annotations"]})[:n_images]
     images = [dict(im, file_name=f"data/coco-mini/val2017/{im['file_name']}") for im in d["images"] if im["id"] in ids]
     cats = [dict(c, split="base") for c in d["categories"]]
     anns = [a for a in d["annotations"] if a["image_id"] in ids and not a.get("iscrowd")]
     ds = tmp_path / "train.json"
     ds.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    # pseudo-masks in the proposal format (here: the annotations' masks, to test the training mechanics)
-    from pycocotools import mask as mask_utils
-
     recs = []
     for a in anns:
         im = next(i for i in images if i["id"] == a["image_id"])
@@ -123,6 +120,17 @@ def test_train_freesolo_then_propose(tmp_path):
         recs.append(make_record(a["image_id"], mask_utils.decode(rle).astype(bool), 0.9))
     write_proposals(tmp_path / "pseudo" / "train", recs, images, method="gt-masks", dataset=str(ds), topk=100,
                     nms_iou=1.0)
+    return ds, tmp_path / "pseudo" / "train", ids
+
+
+@pytest.mark.slow
+def test_train_freesolo_then_propose(tmp_path):
+    """Two SOLOv2 iterations with the weak losses on 2 real images, then self-training with an impossible
+    threshold -> the clear 'empty pseudo-mask set' error; the round-0 model proposes masks on val images."""
+    from longtail.cli import main
+    from longtail.proposals.format import read_proposals
+
+    ds, _, ids = _gt_pseudo_masks(tmp_path)
     work = tmp_path / "fs"
     sets = ["annotation_free.freesolo.train.max_iters=2", "annotation_free.freesolo.train.scale=[192,192]",
             "annotation_free.freesolo.train.checkpoint_interval=2", "annotation_free.freesolo.train.warmup_iters=1",
@@ -150,3 +158,32 @@ def test_train_freesolo_then_propose(tmp_path):
         assert {r["image_id"] for r in props} <= set(ids)
     else:                                                    # an untrained head may score every mask < 0.01
         assert rc == 2 and not out.exists()
+
+
+@pytest.mark.slow
+def test_freesolo_round_resumes_from_its_checkpoint(tmp_path):
+    """A round interrupted after its iteration-2 checkpoint resumes from it (mmengine's checkpoints unpickled in
+    full under torch >= 2.6, the shared runner's own_checkpoints): the rerun starts at 2 and ends at 3."""
+    from longtail.cli import main
+
+    ds, pseudo, _ = _gt_pseudo_masks(tmp_path)
+    work = tmp_path / "fs"
+    sets = ["annotation_free.freesolo.train.scale=[160,160]", "annotation_free.freesolo.train.batch_size=1",
+            "annotation_free.freesolo.train.checkpoint_interval=1", "annotation_free.freesolo.train.warmup_iters=1",
+            "annotation_free.freesolo.weak_loss.pairwise_warmup_iters=1", "annotation_free.freesolo.init=random",
+            "annotation_free.freesolo.self_training_rounds=0"]
+
+    def train(max_iters):
+        argv = ["train-freesolo", "--dataset", str(ds), "--pseudo", str(pseudo), "--work-dir", str(work)]
+        for s in [*sets, f"annotation_free.freesolo.train.max_iters={max_iters}"]:
+            argv += ["--set", s]
+        return main(argv)
+
+    assert train(2) == 0
+    first = json.loads((work / "metrics.json").read_text())["rounds"][0]
+    assert first["start_iter"] == 0 and first["iterations"] == 2
+    assert (work / "round0" / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
+    assert train(3) == 0                                    # same work dir, one more iteration
+    again = json.loads((work / "metrics.json").read_text())["rounds"][0]
+    assert again["start_iter"] == 2 and again["iterations"] == 3
+    assert (work / "round0" / "iter_3.pth").exists()

@@ -4,6 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,7 +79,6 @@ def test_maskrcnn_trains_on_base_only_and_logs(maskrcnn, data):
 @pytest.mark.slow
 def test_maskrcnn_resumes_from_last_checkpoint(maskrcnn, data, tmp_path):
     root, _, _ = data
-    import shutil
 
     work = tmp_path / "resume"
     shutil.copytree(maskrcnn, work)
@@ -206,3 +211,131 @@ def test_cpu_configs_share_the_cpu_runtime(name, hpc):
     assert cpu.model.type == full.model.type and cpu.model.backbone.init_cfg is None
     head = "roi_head" if "roi_head" in full.model else "mask_head"
     assert cpu.model[head].type == full.model[head].type
+
+
+# --- the shared mmengine runner: launch from the environment, auto_scale_lr, checkpoints, preemption -------------
+
+@pytest.mark.parametrize("env,launcher,world,rank", [
+    ({}, "none", 1, 0),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, "pytorch", 2, 1),          # torchrun --nproc_per_node 2
+    ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, "none", 1, 0),            # torchrun --nproc_per_node 1
+    ({"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "3"}, "slurm", 4, 3),  # srun -n 4
+    ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, "none", 1, 0),                     # the job step of one task
+    ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "5"},
+     "pytorch", 8, 5),                                                             # torchrun inside srun -n1
+])
+def test_launcher_from_env(env, launcher, world, rank):
+    from longtail.common.distributed import is_rank_zero, launcher_from_env, rank_from_env, world_size_from_env
+
+    assert launcher_from_env(env) == launcher
+    assert world_size_from_env(env) == world and rank_from_env(env) == rank
+    assert is_rank_zero(env) == (rank == 0)
+
+
+def _scaled_lr(cfg, world_size: int) -> float:
+    """The LR mmengine's Runner trains with for ``cfg`` in a world of ``world_size`` processes (Runner.scale_lr)."""
+    from types import SimpleNamespace
+
+    import torch
+    from mmengine.optim import OptimWrapper
+    from mmengine.runner import Runner
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
+    fake = SimpleNamespace(world_size=world_size, _train_dataloader=cfg.train_dataloader, param_schedulers=None,
+                           logger=SimpleNamespace(info=lambda *a, **k: None))
+    Runner.scale_lr(fake, OptimWrapper(opt), cfg.auto_scale_lr)
+    return opt.param_groups[0]["lr"]
+
+
+def test_auto_scale_lr_follows_the_world_size():
+    """params lr is for base_batch_size images (null: one process's batch when lr is set, so one process trains
+    as before); mmengine scales it to world size x batch per process. The HPC experiment: 0.02 for 16 images."""
+    from longtail.common.params import load_params
+    from longtail.proposals.runner import load_config
+    from longtail.proposals.training import apply_params
+
+    params = load_params()
+    cfg = load_config(params["proposals"]["models"]["maskrcnn"])
+    apply_params(cfg, params["proposals"], 0, "maskrcnn")
+    lr, batch = params["proposals"]["train"]["lr"], params["proposals"]["train"]["batch_size"]
+    assert cfg.auto_scale_lr.to_dict() == {"enable": True, "base_batch_size": batch}
+    assert _scaled_lr(cfg, 1) == pytest.approx(lr) and _scaled_lr(cfg, 4) == pytest.approx(4 * lr)
+
+    hpc = load_params(overrides=["proposals.train.max_iters=null", "proposals.train.batch_size=2",
+                                 "proposals.train.lr=0.02", "proposals.train.base_batch_size=16",
+                                 "proposals.train.checkpoint_interval=5000", "proposals.train.max_keep_ckpts=2"])
+    cfg = load_config("workflow/mmdet/maskrcnn_r50_fpn_agnostic_1x_coco.py")
+    apply_params(cfg, hpc["proposals"], 0, "maskrcnn")
+    assert _scaled_lr(cfg, 8) == pytest.approx(0.02) and _scaled_lr(cfg, 2) == pytest.approx(0.005)
+    # the 1x epoch schedule stays; checkpoints every 5000 iterations all the same (an epoch is hours at scale)
+    assert cfg.train_cfg.type == "EpochBasedTrainLoop"
+    assert cfg.default_hooks.checkpoint.to_dict() == {"type": "CheckpointHook", "by_epoch": False, "interval": 5000,
+                                                      "max_keep_ckpts": 2}
+    keep = load_params(overrides=["proposals.train.max_iters=null", "proposals.train.lr=null",
+                                  "proposals.train.batch_size=null"])
+    cfg = load_config("workflow/mmdet/maskrcnn_r50_fpn_agnostic_1x_coco.py")
+    apply_params(cfg, keep["proposals"], 0, "maskrcnn")      # the config's LR is for the config's base batch
+    assert cfg.auto_scale_lr.base_batch_size == 16 and _scaled_lr(cfg, 8) == pytest.approx(0.02)
+
+
+def _train_cmd(root, work, *extra) -> list[str]:
+    return [str(Path(sys.executable).parent / "longtail"), "train-proposals", "--model", "maskrcnn", "--train-json",
+            str(root / "train.json"), "--work-dir", str(work), *TINY, *extra]
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_and_the_rerun_resumes(data, tmp_path):
+    """SLURM's pre-timeout signal (SIGUSR1): the training writes iter_<n>.pth at the end of the current iteration
+    and exits non-zero; the same command then resumes from iteration n."""
+    root, _, _ = data
+    work = tmp_path / "w"
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0"}
+    # no regular checkpoint before iteration 1000: the one found after the signal is the signal's
+    cmd = _train_cmd(root, work, "--set", "proposals.train.max_iters=1000",
+                     "--set", "proposals.train.checkpoint_interval=1000")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:                      # mmengine logs every iteration (log_interval=1)
+            lines.append(line)
+            if "Iter(train) [   2/1000]" in line:
+                proc.send_signal(signal.SIGUSR1)
+                break
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(lines) + out
+    assert proc.returncode == 2, log[-3000:]
+    assert "SIGUSR1 received" in log and "rerun the same command" in log, log[-3000:]
+    ckpt = Path((work / "last_checkpoint").read_text().strip())
+    n = int(ckpt.stem.split("_")[1])
+    assert ckpt.exists() and ckpt.parent == work and n >= 2, ckpt
+    assert not (work / "model.pth").exists()          # nothing final from an interrupted training
+    rc = subprocess.run(_train_cmd(root, work, "--set", f"proposals.train.max_iters={n + 1}"), env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr[-3000:]
+    m = json.loads((work / "metrics.json").read_text())
+    assert m["start_iter"] == n and m["iterations"] == n + 1, m
+
+
+@pytest.mark.slow
+def test_two_process_gloo_world(data, tmp_path):
+    """torchrun --nproc_per_node 2 on the CPU: mmengine's DDP over gloo, lr scaled x2 by auto_scale_lr (two
+    processes x batch 1 = twice the batch one process trains with), rank 0 alone writes model.pth / metrics."""
+    root, _, _ = data
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    work = tmp_path / "ddp"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python",
+           *_train_cmd(root, work, "--set", "proposals.train.max_iters=2", "--set", "proposals.gpu=2")]
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "asks for 2 GPU(s) but none is visible" in log
+    assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log, log[-4000:]
+    m = json.loads((work / "metrics.json").read_text())
+    assert m["iterations"] == 2 and m["start_iter"] == 0 and m["train/loss"] > 0
+    assert m["train/lr"] == pytest.approx(2 * 0.01)             # TINY: lr 0.01, batch 1 per process, 2 processes
+    cfg = (work / "config.py").read_text()
+    assert "launcher = 'none'" in cfg and "model_wrapper_cfg" not in cfg and (work / "model.pth").exists()

@@ -12,7 +12,7 @@ from longtail.common.params import project_path
 from longtail.common.errors import LongtailError
 from longtail.common.masks import encode_mask
 from longtail.proposals.format import make_record
-from longtail.proposals.training import CONFIG_FILE, MODEL_FILE, own_checkpoints
+from longtail.proposals.runner import CONFIG_FILE, MODEL_FILE, own_checkpoints
 
 log = logging.getLogger(__name__)
 

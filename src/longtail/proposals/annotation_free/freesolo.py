@@ -17,11 +17,9 @@ from longtail.common.params import project_path
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path, write_json
 from longtail.common.tracking import StageRun
+from longtail.proposals.runner import CONFIG_FILE, MODEL_FILE, barrier, is_main_process
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.pth"
-CONFIG_FILE = "config.py"
 
 
 def pseudo_coco(dataset: dict, records: list[dict], *, score_thr: float, max_per_image: int) -> dict:
@@ -52,10 +50,11 @@ def pseudo_coco(dataset: dict, records: list[dict], *, score_thr: float, max_per
 
 def build_config(fcfg: dict, seed: int):
     """The FreeSOLO mmdet config with params.yaml's schedule and weak-loss parameters applied."""
-    from longtail.proposals.training import apply_params, load_config
+    from longtail.proposals.runner import load_config
+    from longtail.proposals.training import apply_params
 
     cfg_file = fcfg["config"]
-    cfg = load_config(cfg_file)
+    cfg = load_config(cfg_file, param="annotation_free.freesolo.config")
     head = cfg.model.get("mask_head", {})
     if head.get("type") != "FreeSOLOv2Head":
         raise LongtailError(f"{cfg_file}: model.mask_head.type is {head.get('type')!r}; the FreeSOLO config must use "
@@ -70,13 +69,11 @@ def build_config(fcfg: dict, seed: int):
 
 def _train_round(fcfg: dict, seed: int, ann_file: Path, work_dir: Path, init_from: Path | None, run: StageRun,
                  round_idx: int) -> dict:
-    import torch
-    from mmengine.runner import Runner
-
-    from longtail.proposals.training import _dataset_cfg, _test_pipeline, hierarchy_init, make_mlflow_hook
+    from longtail.proposals.runner import dataset_cfg, export_model, run_mmengine
+    from longtail.proposals.training import hierarchy_init
 
     cfg = build_config(fcfg, seed)
-    _dataset_cfg(cfg, "train_dataloader", ann_file, test_mode=False)
+    dataset_cfg(cfg, "train_dataloader", ann_file, test_mode=False)
     cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
     cfg.train_cfg.pop("val_interval", None)
     cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None     # the test loop (not model.test_cfg)
@@ -89,28 +86,11 @@ def _train_round(fcfg: dict, seed: int, ann_file: Path, work_dir: Path, init_fro
         if fcfg["init"] in ("auto", "hierarchy"):
             n_init = hierarchy_init(cfg, project_path(fcfg["hierarchy_checkpoint"]), work_dir,
                                     required=fcfg["init"] == "hierarchy")
-    cfg.work_dir = str(work_dir.resolve())
-    cfg.resume = True
-    cfg.launcher = "none"
-    try:
-        runner = Runner.from_cfg(cfg)
-    except (KeyError, TypeError, ValueError, AssertionError) as e:
-        raise LongtailError(f"{fcfg['config']}: cannot build the runner ({type(e).__name__}: {e})") from e
-    hook = make_mlflow_hook(_RoundRun(run, round_idx), int(fcfg["train"]["log_interval"]))
-    runner.register_hook(hook)
-    runner.train()
-    last = work_dir / "last_checkpoint"
-    if not last.exists():
-        raise LongtailError(f"{work_dir}: training wrote no checkpoint (last_checkpoint missing)")
-    state = torch.load(Path(last.read_text().strip()), map_location="cpu", weights_only=False)
-    with atomic_path(work_dir / MODEL_FILE) as tmp:
-        torch.save({"state_dict": state["state_dict"], "meta": state.get("meta", {})}, tmp)
-    cfg.test_dataloader = dict(batch_size=1, num_workers=0, dataset=dict(
-        type="CocoDataset", pipeline=_test_pipeline(cfg), metainfo=dict(classes=("object",))))
-    cfg.load_from = None
-    with atomic_path(work_dir / CONFIG_FILE) as tmp:
-        cfg.dump(str(tmp))
-    return {"iterations": int(runner.iter), "backbone_init_tensors": n_init,
+    runner, hook = run_mmengine(cfg, work_dir, _RoundRun(run, round_idx), int(fcfg["train"]["log_interval"]),
+                                cfg_file=fcfg["config"], gpus=int(fcfg["gpu"]),
+                                what=f"train-freesolo round {round_idx}")
+    export_model(cfg, work_dir)
+    return {"iterations": int(runner.iter), "start_iter": hook.start_iter, "backbone_init_tensors": n_init,
             **{k.replace("train/", ""): v for k, v in hook.last.items()}}
 
 
@@ -158,7 +138,9 @@ def train_freesolo(fcfg: dict, seed: int, dataset_json: str | Path, pseudo_dir: 
         rdir = work_dir / f"round{r}"
         (rdir / "data").mkdir(parents=True, exist_ok=True)
         ann_file = rdir / "data" / "pseudo_masks.json"
-        write_json(ann_file, pseudo, indent=None)
+        if is_main_process():     # under torchrun every rank computed the same set; one writes it
+            write_json(ann_file, pseudo, indent=None)
+        barrier()
         stats = {"round": r, "pseudo_masks": len(pseudo["annotations"]), "pseudo_images": len(pseudo["images"]),
                  "pseudo_masks_per_image": len(pseudo["annotations"]) / max(len(pseudo["images"]), 1)}
         log.info("FreeSOLO round %d: %d pseudo-masks on %d images", r, stats["pseudo_masks"], stats["pseudo_images"])
@@ -170,6 +152,8 @@ def train_freesolo(fcfg: dict, seed: int, dataset_json: str | Path, pseudo_dir: 
             # self-training: the model's confident predictions on the training images are the next pseudo-masks
             records = predict(rdir, dataset, score_thr=float(fcfg["self_training_score_thr"]),
                               pre_nms=int(fcfg["pre_nms"]), device=device)
+    if not is_main_process():
+        return metrics            # rank 0 writes the final model, the figure and the metrics
     for f in (MODEL_FILE, CONFIG_FILE):
         with atomic_path(work_dir / f) as tmp:
             shutil.copyfile(work_dir / f"round{n_rounds - 1}" / f, tmp)
