@@ -327,13 +327,15 @@ def test_two_process_gloo_world(data, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     work = tmp_path / "ddp"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python",
-           *_train_cmd(root, work, "--set", "proposals.train.max_iters=2", "--set", "proposals.gpu=2")]
+           *_train_cmd(root, work, "--set", "proposals.train.max_iters=2", "--set", "proposals.gpu=2",
+                       "--set", "proposals.train.warmup_iters=0")]                 # a constant LR to compare
     env = {**os.environ, "LONGTAIL_MLFLOW": "0", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
-    assert "asks for 2 GPU(s) but none is visible" in log
+    assert "device cuda requested but no CUDA device is visible; using the CPU" in log   # proposals.gpu=2
     assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log, log[-4000:]
+    assert "LR is set based on batch size of 1 and the current batch size is 2" in log
     m = json.loads((work / "metrics.json").read_text())
     assert m["iterations"] == 2 and m["start_iter"] == 0 and m["train/loss"] > 0
     assert m["train/lr"] == pytest.approx(2 * 0.01)             # TINY: lr 0.01, batch 1 per process, 2 processes
