@@ -16,7 +16,7 @@ from longtail.embedding.embed import select_anchors
 from longtail.embedding.losses import loss_hierarchical, loss_mask, loss_object, total_loss
 from longtail.embedding.model import EmbeddingNet, Space
 from longtail.embedding.sampling import build_relations, sample_triplets, top_per_image
-from longtail.proposals.format import make_record, write_proposals
+from longtail.proposals.format import make_record, read_proposals, write_proposals
 
 ALPHA = 0.2
 
@@ -328,7 +328,7 @@ def test_cli_train_and_embed(params, sample_sets, train_coco, tmp_path):
     from longtail.hierarchy.tree import RegionTree
 
     # a region tree for the first training image: leaves = quarter proposal, rest of its GT mask, background
-    recs = json.loads((sample_sets["train"] / "proposals.json").read_text())
+    recs = read_proposals(sample_sets["train"])[1]
     gt_mask, quarter = decode_mask(recs[0]["segmentation"]), None
     for r in recs[1:]:
         m = decode_mask(r["segmentation"])
@@ -358,7 +358,7 @@ def test_cli_train_and_embed(params, sample_sets, train_coco, tmp_path):
                  "--anchors", str(anchors), "--out", str(npz), "--metrics", str(out / "embed_metrics.json"),
                  "--set", "embedding.anchors_per_category=2"]) == 0
     z = np.load(npz)
-    recs = json.loads((sample_sets["val"] / "proposals.json").read_text())
+    recs = read_proposals(sample_sets["val"])[1]
     ids = top_per_image(recs, params["embedding"]["proposals_per_image"])   # the top 50 of each image
     n = len(ids)
     assert len(recs) > n > 0

@@ -15,7 +15,7 @@ from longtail.embedding.dataset import ProposalImageDataset, ProposalIndex, Step
 from longtail.embedding.sampling import sample_triplets, top_per_image
 from longtail.hierarchy.tree import RegionTree
 from longtail.common.masks import decode_mask
-from longtail.proposals.format import write_proposals
+from longtail.proposals.format import read_proposals, write_proposals
 from test_embedding import jittered_proposals, small_cfg
 
 
@@ -34,7 +34,7 @@ def train_set(tmp_path_factory, train_coco):
     recs, images = jittered_proposals(train_coco, 5)
     props = write_proposals(root / "train", recs, images, method="gt-jitter", dataset="train.json", topk=100,
                             nms_iou=1.0)
-    recs = json.loads((props / "proposals.json").read_text())
+    recs = read_proposals(props)[1]
     gt_mask, quarter = decode_mask(recs[0]["segmentation"]), None
     for r in recs[1:]:
         m = decode_mask(r["segmentation"])
@@ -51,8 +51,12 @@ def train_set(tmp_path_factory, train_coco):
 
 
 def test_proposal_index_reads_records_per_image(train_set, tmp_path):
+    import shutil
+
+    from longtail.proposals.format import read_proposals
+
     props, _ = train_set
-    recs = json.loads((props / "proposals.json").read_text())
+    _, recs = read_proposals(props)
     for n in (0, 2):
         idx = ProposalIndex(props, n)
         assert idx.record_ids.tolist() == top_per_image(recs, n)
@@ -61,13 +65,13 @@ def test_proposal_index_reads_records_per_image(train_set, tmp_path):
             pos, got = idx.records(image_id)
             want = [recs[i] for i in idx.record_ids[pos]]
             assert got == want and all(r["image_id"] == image_id for r in got)
-    # a file cut short by a killed job is named, not read as a shorter set
+    # a shard cut short by a killed copy is named, not read as a shorter set
     cut = tmp_path / "cut"
-    cut.mkdir()
-    (cut / "index.json").write_text((props / "index.json").read_text())
-    text = (props / "proposals.json").read_text()
-    (cut / "proposals.json").write_text(text[:len(text) // 2])
-    with pytest.raises(LongtailError, match="truncated"):
+    shutil.copytree(props, cut)
+    shard = next((cut / "shards").glob("*.jsonl"))
+    text = shard.read_bytes()
+    shard.write_bytes(text[:len(text) // 2])
+    with pytest.raises(LongtailError, match="truncated|not JSON"):
         ProposalIndex(cut, 0)
 
 

@@ -140,7 +140,7 @@ def test_sigkill_during_embed_leaves_no_npz_and_resumes(uninterrupted, gt_train,
     deadline = time.time() + 600
     while not list(parts.glob("part-*.npz")) and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert p.poll() is None, "embed finished before it could be killed"
+    assert p.poll() is None, "embed finished before it could be killed: " + p.communicate()[1][-2000:]
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (out / "e.npz").exists() and not (out / "m.json").exists()

@@ -1,9 +1,10 @@
 """Per-image data path of train-embedding and embed: memory bounded by one batch of images, not by the split.
 
-* :class:`ProposalIndex` scans ``proposals.json`` once, streaming, and keeps per record only its image id,
-  score, mask area and byte span (~36 bytes a record: 210 MB for COCO train's 5.9M proposals); a record's
-  RLE is read back from the file when its image is loaded. The top ``proposals_per_image`` of each image are
-  chosen on these arrays, exactly as :func:`longtail.embedding.sampling.top_per_image` does on the records.
+* :class:`ProposalIndex` reads the proposal store (one JSON line per image) once, one image at a time, and
+  keeps per kept record only its id, image id, score and whether its mask is non-empty (~25 bytes a record:
+  150 MB for COCO train's 5.9M proposals); an image's records are read again from its line when the image is
+  loaded. The top ``proposals_per_image`` of each image are those of
+  :func:`longtail.embedding.sampling.top_per_image`.
 * :class:`ProposalImageDataset` (``torch.utils.data.Dataset``): item = one image: it decodes the image and its
   proposals' RLEs, loads its region tree (if a trees folder is given), cuts the full/fg/bg crops and computes
   that image's relations (positives, same-image negatives, children incl. region-tree pairs).
@@ -19,10 +20,10 @@ batches of crops (images_per_batch x proposals x 3 crops x 3 x S x S bytes each)
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,65 +37,8 @@ from longtail.common.masks import rle_for_pycocotools
 from longtail.embedding.crops import CROP_KINDS, load_image, mask_crops
 from longtail.embedding.sampling import Relations, Triplets, build_relations, region_tree_pairs, sample_triplets
 
-_CHUNK = 1 << 22          # bytes read at a time while scanning proposals.json (4 MB)
 #: relation counts of a step's images, summed over the first epoch into train-embedding's metrics
 REL_STATS = ("anchors_with_positive", "anchors_with_child", "anchors_with_same_image_negative", "region_tree_pairs")
-
-
-def scan_records(path: Path) -> Iterator[tuple[int, int, dict]]:
-    """(byte offset, byte length, record) of each element of a JSON list, read in 4 MB chunks.
-
-    The text is decoded as latin-1 (one character per byte) so that offsets are byte offsets; only numbers
-    and the ASCII RLE counts are used from the records parsed here.
-    """
-    dec = json.JSONDecoder()
-    with open(path, "rb") as f:
-        buf, base, pos, eof = "", 0, 0, False          # buf[0] is at byte `base` of the file
-
-        def more() -> bool:
-            nonlocal buf, base, pos, eof
-            chunk = f.read(_CHUNK)
-            if not chunk:
-                eof = True
-                return False
-            buf, base, pos = buf[pos:] + chunk.decode("latin-1"), base + pos, 0
-            return True
-
-        def skip_ws() -> str:
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    pos += 1
-                if pos < len(buf) or not more():
-                    return buf[pos] if pos < len(buf) else ""
-
-        if skip_ws() != "[":
-            raise LongtailError(f"{path}: not a JSON list of proposal records; rerun `longtail propose`.")
-        pos += 1
-        first = True
-        while True:
-            c = skip_ws()
-            if c == "]":
-                return
-            if c == "":
-                raise LongtailError(f"{path}: truncated at byte {base + pos} (a killed job's partial file?); "
-                                    f"rerun `longtail propose`.")
-            if not first:
-                if c != ",":
-                    raise LongtailError(f"{path}: malformed at byte {base + pos}; rerun `longtail propose`.")
-                pos += 1
-                skip_ws()
-            first = False
-            while True:
-                try:
-                    rec, end = dec.raw_decode(buf, pos)
-                    break
-                except json.JSONDecodeError:
-                    if eof or not more():
-                        raise LongtailError(f"{path}: truncated or malformed at byte {base + pos} (a killed "
-                                            f"job's partial file?); rerun `longtail propose`.") from None
-            yield base + pos, end - pos, rec
-            pos = end
 
 
 @dataclass
@@ -106,91 +50,82 @@ class ImageMeta:
 
 
 class ProposalIndex:
-    """Byte spans of the kept proposals of a proposal set, grouped by image (see the module docstring).
+    """The kept proposals of a proposal set (:mod:`longtail.proposals.format`: one JSON line per image), per image.
 
-    ``record_ids`` are positions in proposals.json (as in embeddings.npz's ``proposal_ids``), ascending;
-    ``image_ids`` the images that have kept proposals, in the order of their first record.
+    One pass over the set (one image's line in memory at a time) keeps, per kept record, its image id, score
+    and whether its mask is non-empty (~25 bytes a record: 150 MB for COCO train's 5.9M proposals); an image's
+    records are read again from its line when the image is loaded. ``record_ids`` are positions in
+    :func:`~longtail.proposals.format.read_proposals`' list (as in embeddings.npz's ``proposal_ids``),
+    ascending; ``image_ids`` the images with kept proposals, ascending.
     """
 
     def __init__(self, path: str | Path, n_per_image: int | None):
-        from longtail.proposals.format import INDEX_FILE, PROPOSALS_FILE
+        from longtail.proposals.format import iter_proposals, proposal_set_dir, read_index
 
-        self.dir = Path(path)
-        self.file = self.dir / PROPOSALS_FILE
-        self.index = read_json(self.dir / INDEX_FILE, "proposal index")
-        if not self.file.exists():
-            raise LongtailError(f"{self.file}: not found; rerun `longtail propose`.")
+        self.dir = proposal_set_dir(path)
+        self.file = self.dir / "index.json"
+        index = read_index(self.dir)
+        self.n_per_image = int(n_per_image or 0)
         self.images = {int(im["id"]): ImageMeta(int(im["id"]), im["file_name"], int(im["height"]), int(im["width"]))
-                       for im in self.index.get("images", [])}
-        self.index = {k: v for k, v in self.index.items() if k != "images"}     # the table lives in self.images
-        img, off, length, area = (array("q") for _ in range(4))      # 8 bytes a record each, not Python objects
+                       for im in index["images"]}
+        self._entries = {int(im["id"]): {k: im[k] for k in ("id", "shard", "offset", "length")}
+                         for im in index["images"]}
+        self.index = {k: v for k, v in index.items() if k != "images"}     # the table lives in self.images
+        rid, img, area = array("q"), array("q"), array("q")               # 8 bytes a record, not Python objects
         score = array("d")
-        for o, n, rec in scan_records(self.file):
-            if not isinstance(rec, dict) or any(k not in rec for k in ("image_id", "segmentation", "score")):
-                raise LongtailError(f"{self.file}: record {len(img)} lacks image_id/segmentation/score; not the "
-                                    f"shared proposal format.")
-            img.append(int(rec["image_id"]))
-            score.append(float(rec["score"]))
-            off.append(o)
-            length.append(n)
-            area.append(_area(rec["segmentation"]))
-        self.proposals_in_file = len(img)
-        if not img:
-            raise LongtailError(f"{self.file}: no proposals at all; check the proposal stage's output.")
-        img_a, score_a = np.frombuffer(img, np.int64), np.frombuffer(score, np.float64)
-        ids = np.arange(len(img_a))
-        order = np.lexsort((ids, -score_a, img_a))               # per image by descending score, then position
-        rank = np.empty(len(ids), np.int64)
-        first = np.r_[True, img_a[order][1:] != img_a[order][:-1]]
-        group_start = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
-        rank[order] = np.arange(len(ids)) - group_start
-        keep = np.flatnonzero(rank < n_per_image) if n_per_image else ids
-        self.record_ids = keep.astype(np.int64)
-        self.record_image = img_a[keep]
-        self.record_score = score_a[keep]
-        self.record_offset = np.frombuffer(off, np.int64)[keep]
-        self.record_length = np.frombuffer(length, np.int64)[keep]
-        self.record_valid = np.frombuffer(area, np.int64)[keep] > 0
-        del img, score, off, length, area
-        by_image = np.argsort(self.record_image, kind="stable")          # keeps ascending record ids per image
-        uniq, starts = np.unique(self.record_image[by_image], return_index=True)
-        ends = np.r_[starts[1:], len(by_image)]
-        self._by_image = by_image
-        self._span = {int(i): (int(s), int(e)) for i, s, e in zip(uniq, starts, ends)}
-        # images in the order of their first record (= the file's order, sorted by image in the shared format)
-        self.image_ids = uniq[np.argsort(by_image[starts], kind="stable")]
-        missing = [i for i in self.image_ids.tolist() if i not in self.images]
-        if missing:
-            raise LongtailError(f"{self.file}: image_id {missing[0]} of a proposal is not in the image list; the "
-                                f"proposal set and its index.json disagree - rerun `longtail propose`.")
+        base = 0
+        for entry, recs in iter_proposals(self.dir, index):
+            for j, rec in enumerate(self._kept(recs)):
+                rid.append(base + j)
+                img.append(int(entry["id"]))
+                score.append(float(rec["score"]))
+                area.append(_area(rec["segmentation"]))
+            base += len(recs)
+        self.proposals_in_file = base
+        if not base:
+            raise LongtailError(f"{self.dir}: no proposals at all; check the proposal stage's output.")
+        self.record_ids = np.frombuffer(rid, np.int64).copy()
+        self.record_image = np.frombuffer(img, np.int64).copy()
+        self.record_score = np.frombuffer(score, np.float64).copy()
+        self.record_valid = np.frombuffer(area, np.int64) > 0
+        del rid, img, area, score
+        # records are grouped by image in ascending image id (the store's order)
+        self.image_ids, starts = np.unique(self.record_image, return_index=True)
+        ends = np.r_[starts[1:], len(self.record_image)]
+        self._span = {int(i): (int(a), int(b)) for i, a, b in zip(self.image_ids, starts, ends)}
+        self._files, self._pid = None, None
+
+    def _kept(self, recs: list) -> list:
+        """The top ``n_per_image`` of an image's records (stored by descending score: the first ones, as
+        :func:`~longtail.embedding.sampling.top_per_image` picks them)."""
+        return recs[:self.n_per_image] if self.n_per_image else recs
 
     def positions(self, image_id: int) -> np.ndarray:
         """Positions (into the kept arrays) of an image's kept records, ascending record id."""
         span = self._span.get(int(image_id))
-        return np.zeros(0, np.int64) if span is None else self._by_image[span[0]:span[1]]
+        return np.zeros(0, np.int64) if span is None else np.arange(span[0], span[1])
 
     def records(self, image_id: int) -> tuple[np.ndarray, list[dict]]:
-        """(positions, records) of an image's kept proposals, read from proposals.json."""
+        """(positions, records) of an image's kept proposals, read from its line of the store."""
+        from longtail.proposals.format import _ShardFiles
+
         pos = self.positions(image_id)
         if len(pos) == 0:
             return pos, []
-        off, ln = self.record_offset[pos], self.record_length[pos]
-        lo, hi = int(off.min()), int((off + ln).max())
-        out = []
-        with open(self.file, "rb") as f:
-            if hi - lo <= 4 * int(ln.sum()) + 4096:               # contiguous (sorted file): one read
-                f.seek(lo)
-                blob = f.read(hi - lo)
-                out = [json.loads(blob[o - lo:o - lo + n]) for o, n in zip(off.tolist(), ln.tolist())]
-            else:
-                for o, n in zip(off.tolist(), ln.tolist()):
-                    f.seek(o)
-                    out.append(json.loads(f.read(n)))
-        return pos, out
+        if self._files is None or self._pid != os.getpid():     # one handle set per (DataLoader worker) process
+            self._files, self._pid = _ShardFiles(self.dir), os.getpid()
+        recs = self._kept(self._files.line(self._entries[int(image_id)])["proposals"])
+        if len(recs) != len(pos):
+            raise LongtailError(f"{self.dir}: image {image_id} has {len(recs)} kept proposals now, {len(pos)} when "
+                                f"the set was indexed; the set changed during the run - rerun.")
+        return pos, recs
 
     def valid_image_ids(self) -> np.ndarray:
         """Images with at least one non-empty kept mask, sorted by id (the in-RAM path's training images)."""
         return np.unique(self.record_image[self.record_valid])
+
+    def __getstate__(self):                     # DataLoader workers open their own files
+        return {**self.__dict__, "_files": None, "_pid": None}
 
 
 def _area(seg) -> int:
@@ -297,7 +232,7 @@ class ProposalImageDataset(torch.utils.data.Dataset):
         image_id = int(self.image_ids[i])
         meta = self.proposals.images[image_id]
         pos, recs = self.proposals.records(image_id)
-        src = str(self.proposals.file)
+        src = str(self.proposals.dir)
         if self.train and self.max_per_image and step is not None:
             valid = np.flatnonzero(self.proposals.record_valid[pos])
             if len(valid) > self.max_per_image:
