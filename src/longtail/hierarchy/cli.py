@@ -69,7 +69,7 @@ def run_edges(args, params, cfg, run) -> int:
     items = list_images(coco=src if src.is_file() else None, images=src if src.is_dir() else None,
                         max_images=ec["max_images"])
     set_threads()
-    dev = select_device(cfg["device"], "edges")
+    dev = str(select_device(cfg["device"], "edges"))
     model = load_hed(ec["weights"], dev, channels_last=True)
     out = Path(args.out_dir)
     index, t0 = [], time.time()
@@ -142,7 +142,7 @@ def run_bsds(args, params, cfg, run) -> int:
     ref_dir = Path(args.reference_ucm) if args.reference_ucm else None
     th = bench.thresholds(bc["thresholds"])
     set_threads()
-    dev = select_device(cfg["device"], "bsds")
+    dev = str(select_device(cfg["device"], "bsds"))
     model = load_hed(cfg["edges"]["weights"], dev, channels_last=True)
     tasks, t_edges, t_ucm = edge_and_ucm_tasks(model, items, cfg, dev, gt_dir, ref_dir, th)
     results = score_images(tasks, bc["nproc"])
