@@ -34,11 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="image set (train | val): where `ucm` finds its region trees "
                    "(<tree_dir>/<split>/); default: the --out-dir folder's name")
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda:0 ...")
+    p.add_argument("--shard", default=None, help="i/N (or i-of-N, 1-based): only shard i of N of the images sorted "
+                   "by id (every N-th from the (i-1)-th), written to <out-dir>/shards/i-of-N.jsonl; then "
+                   "`longtail gather-proposals`. Default: the whole set (1/1), gathered at once")
     p.set_defaults(func=run_propose)
+
+    p = sub.add_parser("gather-proposals", help="index.json of a proposal set from its N finished shards")
+    add_params_args(p)
+    p.add_argument("--proposals", required=True, help="the proposal set folder (or its index.json)")
+    p.add_argument("--shards", type=int, default=None, help="N (default: the one N whose shards are present)")
+    p.set_defaults(func=run_gather)
 
     p = sub.add_parser("eval-proposals", help="class-agnostic COCO AP/AR (useCats=0) on base, novel and all")
     add_params_args(p)
-    p.add_argument("--proposals", required=True, help="proposal directory (proposals.json + index.json)")
+    p.add_argument("--proposals", required=True, help="proposal set folder (shards/ + index.json) or its index.json")
     p.add_argument("--dataset", required=True, help="COCO GT JSON with base/novel category splits")
     p.add_argument("--out", required=True, help="metrics JSON (DVC)")
     p.add_argument("--figure", default=None, help="PNG of proposals overlaid on a few images (report)")
@@ -71,50 +80,130 @@ def _propose_split(args) -> str:
 
 
 @stage_verb("propose", "proposals", run_name=lambda args, cfg: f"propose/{args.method}/{_propose_split(args)}",
-            tags=lambda args, cfg: {"method": args.method, "split": _propose_split(args)})
+            tags=lambda args, cfg: {"method": args.method, "split": _propose_split(args), "shard": args.shard or "1/1"})
 def run_propose(args, params, cfg, run) -> int:
-    from longtail.common.params import propose_topk
-    from longtail.common.runtime import select_device
-    from longtail.proposals.datasets import load_coco
-    from longtail.proposals.format import write_proposals
-    from longtail.proposals.postprocess import gt_records, topk_mask_nms
+    import time
 
+    from longtail.common.params import propose_topk
+    from longtail.common.shards import parse_shard, select_shard, shard_name
+    from longtail.proposals.datasets import load_coco
+    from longtail.proposals.format import INDEX_FILE, ProposalWriter, gather, shard_done, shard_path
+    from longtail.proposals.postprocess import topk_mask_nms
+
+    shard = parse_shard(args.shard)
     dataset = load_coco(args.dataset)
     method = args.method
-    meta: dict = {}
-    device = str(select_device(args.device, "propose"))
+    topk = propose_topk(params, method)   # annotation_free.topk for the annotation-free methods, else proposals.topk
+    meta = {"method": method, "dataset": str(args.dataset), "topk": topk, "nms_iou": cfg["nms_iou"]}
+    if method not in ("gt", *ANNOTATION_FREE_METHODS) and (method in cfg["models"] or args.model_dir):
+        meta["model_dir"] = str(args.model_dir)
+    out = Path(args.out_dir)
+    if shard_done(out, shard) and _same_meta(out, shard, meta):
+        log.info("propose %s: shard %s already finished in %s; not recomputed", method, shard_name(shard), out)
+    else:
+        (out / INDEX_FILE).unlink(missing_ok=True)        # the set is complete again only after gather
+        images = select_shard(dataset["images"], shard, key=lambda im: int(im["id"]))
+        gen = _image_proposals(method, dataset, params, cfg, args)
+        t0 = time.perf_counter()
+        with ProposalWriter(out, shard, **meta) as w:
+            if w.done:
+                log.info("propose %s: resuming shard %s after %d finished images", method, shard_name(shard),
+                         len(w.done))
+            todo = [im for im in images if int(im["id"]) not in w.done]
+            raw = 0
+            it = gen(todo)
+            for k, im in enumerate(todo):
+                try:
+                    got, recs = next(it)
+                except LongtailError as e:
+                    raise LongtailError(f"propose shard {shard_name(shard)} ({shard_path(out, shard)}.part), image "
+                                        f"{im['id']} ({im['file_name']}): {e} Rerun the shard after fixing it: it "
+                                        f"resumes after the last finished image.") from None
+                except Exception as e:     # a corrupt image: the decoder's own error, with the file named
+                    raise LongtailError(f"propose shard {shard_name(shard)}: image {im['id']} ({im['file_name']}) "
+                                        f"could not be processed ({type(e).__name__}: {e}); fix or remove the "
+                                        f"image, then rerun the shard: it resumes after the last finished "
+                                        f"image.") from e
+                assert int(got["id"]) == int(im["id"])
+                if recs is None:
+                    w.add(im, [], skipped=True)
+                    continue
+                raw += len(recs)
+                w.add(im, topk_mask_nms(recs, topk, cfg["nms_iou"], progress=False))
+            if method in ANNOTATION_FREE_METHODS:
+                from longtail.proposals.annotation_free import check_counts
+
+                try:
+                    check_counts(method, params["annotation_free"], run, images=len(w.images),
+                                 proposals=w.num_proposals, skipped=len(w.skipped),
+                                 seconds=time.perf_counter() - t0, split=_propose_split(args))
+                except LongtailError:
+                    w.discard()                # a rejected result is not resumed
+                    raise
+            w.finish()
+        n_img = max(len(w.images), 1)
+        metrics = {"images": len(w.images), "images_skipped": len(w.skipped), "proposals_before_nms": raw,
+                   "proposals": w.num_proposals, "proposals_per_image": w.num_proposals / n_img}
+        run.log_metrics(metrics)
+        log.info("propose %s shard %s: %d images, %d proposals -> %s", method, shard_name(shard), len(w.images),
+                 w.num_proposals, w.path)
+    if shard[1] == 1:
+        gather(out, 1)
+    return 0
+
+
+def _same_meta(out: Path, shard: tuple[int, int], meta: dict) -> bool:
+    """The finished shard was written with these parameters (else it is recomputed)."""
+    from longtail.common.io import read_json
+    from longtail.proposals.format import shard_path
+
+    done = read_json(shard_path(out, shard).with_suffix(".json"), "proposal shard metadata")
+    return all(done.get(k) == v for k, v in meta.items())
+
+
+def _image_proposals(method: str, dataset: dict, params: dict, cfg: dict, args):
+    """images -> iterator of (image, records before NMS, or None if the method skipped it), for every method."""
     if method == "gt":
-        records = gt_records(dataset)
-    elif method in ANNOTATION_FREE_METHODS:
-        from longtail.proposals.annotation_free import propose_dataset
+        from collections import defaultdict
 
-        records, skipped = propose_dataset(method, dataset, params["annotation_free"], int(params["seed"]), run,
-                                           split=_propose_split(args), model_dir=args.model_dir, device=device)
-        if skipped:   # not run on these images (e.g. no region tree): eval-proposals leaves them out
-            meta["images_skipped"] = skipped
-    elif method in cfg["models"] or args.model_dir:
-        from longtail.proposals.inference import predict_dataset
+        from longtail.proposals.postprocess import gt_records
 
+        anns = defaultdict(list)
+        for a in dataset["annotations"]:
+            anns[int(a["image_id"])].append(a)
+        return lambda images: ((im, gt_records({"images": [im], "annotations": anns[int(im["id"])]}))
+                               for im in images)
+    if method in ANNOTATION_FREE_METHODS:
+        from longtail.common.runtime import select_device
+        from longtail.proposals.annotation_free import propose_images
+
+        device = str(select_device(args.device, "propose")) if method == "solov2-free" else "cpu"
+        return lambda images: propose_images(method, images, params["annotation_free"], int(params["seed"]),
+                                             split=_propose_split(args), model_dir=args.model_dir, device=device)
+    if method in cfg["models"] or args.model_dir:
         if not args.model_dir:
             raise LongtailError(f"propose --method {method}: --model-dir is required for network methods "
                                 f"(the work dir of `longtail train-proposals --model {method}`)")
-        records = predict_dataset(args.model_dir, dataset, score_thr=cfg["score_thr"], pre_nms=cfg["pre_nms"],
-                                  device=device)
-        meta["model_dir"] = str(args.model_dir)
-    else:
-        raise LongtailError(f"propose --method {method!r}: unknown method; use gt, one of proposals.models "
-                            f"({', '.join(cfg['models'])}) or {', '.join(ANNOTATION_FREE_METHODS)}")
-    raw = len(records)
-    topk = propose_topk(params, method)   # annotation_free.topk for the annotation-free methods, else proposals.topk
-    records = topk_mask_nms(records, topk, cfg["nms_iou"])
-    write_proposals(args.out_dir, records, dataset["images"], method=method, dataset=args.dataset,
-                    topk=topk, nms_iou=cfg["nms_iou"], **meta)
-    n_img = max(len(dataset["images"]), 1)
-    metrics = {"images": len(dataset["images"]), "proposals_before_nms": raw, "proposals": len(records),
-               "proposals_per_image": len(records) / n_img}
-    run.log_metrics(metrics)
-    log.info("propose %s: %d images, %d proposals (%d before NMS) -> %s", method, len(dataset["images"]),
-             len(records), raw, args.out_dir)
+        from longtail.common.runtime import select_device
+        from longtail.proposals.inference import iter_predictions
+
+        device = str(select_device(args.device, "propose"))
+        return lambda images: iter_predictions(args.model_dir, images, score_thr=cfg["score_thr"],
+                                               pre_nms=cfg["pre_nms"], device=device)
+    raise LongtailError(f"propose --method {method!r}: unknown method; use gt, one of proposals.models "
+                        f"({', '.join(cfg['models'])}) or {', '.join(ANNOTATION_FREE_METHODS)}")
+
+
+@stage_verb("gather-proposals", "proposals")
+def run_gather(args, params, cfg, run) -> int:
+    from longtail.proposals.format import gather
+
+    index = gather(args.proposals, args.shards)
+    name_run(run, f"gather-proposals/{index['method']}/{_split_name(Path(args.proposals))}", method=index["method"])
+    run.log_metrics({"images": len(index["images"]), "images_skipped": len(index.get("images_skipped", [])),
+                     "proposals": index["num_proposals"], "shards": index["num_shards"]})
+    log.info("gather %s: %d shards, %d images, %d proposals", args.proposals, index["num_shards"],
+             len(index["images"]), index["num_proposals"])
     return 0
 
 

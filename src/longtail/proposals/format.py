@@ -216,8 +216,22 @@ class ProposalWriter:
         return self.path
 
     def close(self) -> None:
+        """Close; an unfinished shard with no image written leaves nothing behind (nor the empty folders)."""
         if not self._f.closed:
             self._f.close()
+            if not self.images:
+                self.discard()
+
+    def discard(self) -> None:
+        """Drop the unfinished shard (e.g. its result was rejected), and the folders if that leaves them empty."""
+        self._f.close()
+        self.part.unlink(missing_ok=True)
+        self.part_meta.unlink(missing_ok=True)
+        for d in (self.path.parent, self.path.parent.parent):
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> "ProposalWriter":
         return self

@@ -69,10 +69,16 @@ def predict_image(model, im: dict, *, score_thr: float = 0.0, pre_nms: int = 200
     return recs
 
 
+def iter_predictions(model_dir: str | Path, images: list[dict], *, score_thr: float = 0.0, pre_nms: int = 200,
+                     device: str = "cpu"):
+    """(image, records) of a trained network, one image at a time (the model is loaded once)."""
+    model = load_model(model_dir, device, max_per_img=pre_nms)
+    for im in tqdm(images, desc=f"propose {Path(model_dir).name}", unit="img"):
+        yield im, predict_image(model, im, score_thr=score_thr, pre_nms=pre_nms)
+
+
 def predict_dataset(model_dir: str | Path, dataset: dict, *, score_thr: float = 0.0, pre_nms: int = 200,
                     device: str = "cpu") -> list[dict]:
-    model = load_model(model_dir, device, max_per_img=pre_nms)
-    records: list[dict] = []
-    for im in tqdm(dataset["images"], desc=f"propose {Path(model_dir).name}", unit="img"):
-        records.extend(predict_image(model, im, score_thr=score_thr, pre_nms=pre_nms))
-    return records
+    """Every record of ``dataset``'s images in a list (small sets; ``propose`` streams :func:`iter_predictions`)."""
+    return [r for _, recs in iter_predictions(model_dir, dataset["images"], score_thr=score_thr, pre_nms=pre_nms,
+                                              device=device) for r in recs]

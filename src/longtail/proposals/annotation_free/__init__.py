@@ -1,8 +1,8 @@
 """Annotation-free mask proposals: UCM regions, Free Mask, multi-k spectral masks, FreeSOLO.
 
-``propose_dataset(method, dataset, cfg, seed, run, split=..., model_dir=..., device=...)`` is called by
-``longtail propose --method ucm|freemask|spectral|solov2-free`` (longtail.proposals.cli), which then applies
-top-K mask NMS and writes the shared proposal format.
+``propose_images(method, images, cfg, seed, split=..., model_dir=..., device=...)`` yields each image's masks to
+``longtail propose --method ucm|freemask|spectral|solov2-free`` (longtail.proposals.cli), which applies top-K
+mask NMS and appends them to the proposal store; ``propose_dataset`` is its list form.
 """
 
 from __future__ import annotations
@@ -75,57 +75,83 @@ def feature_masks(method: str, image: np.ndarray, backbone, cfg: dict, seed: int
     raise LongtailError(f"unknown feature method {method!r}")
 
 
-def propose_dataset(method: str, dataset: dict, cfg: dict, seed: int, run=None, *, split: str = "",
-                    model_dir: str | Path | None = None, device: str = "cpu") -> tuple[list[dict], list[int]]:
-    """Annotation-free proposals of every image of a COCO ``dataset``.
+def propose_images(method: str, images: list[dict], cfg: dict, seed: int, *, split: str = "",
+                   model_dir: str | Path | None = None, device: str = "cpu"):
+    """Annotation-free proposals, one image at a time: yields ``(image, records)`` in the order of ``images``;
+    ``records`` is None for an image the method could not run on (``ucm`` without a region tree when
+    ``annotation_free.ucm.missing_tree: skip``).
 
-    ``cfg``: the ``annotation_free`` section of params.yaml; ``seed``: params ``seed``; ``run``: a
-    :class:`~longtail.common.tracking.StageRun` for the counts (or None). ``split``: the image set (``train``,
-    ``val``): ``ucm`` reads the region trees of ``<tree_dir>/<split>/`` when that folder exists, else of
+    ``cfg``: the ``annotation_free`` section of params.yaml; ``seed``: params ``seed``; ``split``: the image set
+    (``train``, ``val``): ``ucm`` reads the region trees of ``<tree_dir>/<split>/`` when that folder exists, else of
     ``<tree_dir>/`` itself. ``model_dir`` / ``device``: the FreeSOLO model of ``solov2-free`` (default
-    ``annotation_free.freesolo.work_dir``) and where it predicts.
-
-    Returns (proposal records (``longtail.proposals.format.make_record``), ids of the images the method could not
-    run on: ``ucm`` images without a region tree when ``annotation_free.ucm.missing_tree: skip``).
+    ``annotation_free.freesolo.work_dir``) and where it predicts. Memory: one image's masks.
     """
-    images = _check_dataset(dataset)
+    images = _check_dataset({"images": images})
     if method == "solov2-free":
-        return _freesolo_records(dataset, images, cfg["freesolo"], run, model_dir or cfg["freesolo"]["work_dir"],
-                                 device), []
+        from longtail.proposals.inference import iter_predictions
+        from longtail.proposals.runner import MODEL_FILE
+
+        fcfg, model_dir = cfg["freesolo"], Path(model_dir or cfg["freesolo"]["work_dir"])
+        if not (model_dir / MODEL_FILE).exists():
+            raise LongtailError(f"{model_dir / MODEL_FILE} not found; run `longtail train-freesolo --work-dir "
+                                f"{model_dir}` first (or pass --model-dir)")
+        import longtail.proposals.annotation_free.freesolo_head  # noqa: F401  (registers FreeSOLO in mmdet)
+
+        yield from iter_predictions(model_dir, images, score_thr=float(fcfg["score_thr"]),
+                                    pre_nms=int(fcfg["pre_nms"]), device=device)
+        return
     if method not in METHODS:
         raise LongtailError(f"annotation-free method {method!r} unknown; use one of {', '.join(METHODS)}")
-    backbone = None if method == "ucm" else _feature_backbone(cfg, seed)
-    t0 = time.perf_counter()
     if method == "ucm":
-        records, missing, tree_dirs = _ucm_records(images, cfg["ucm"], split)
-    else:
-        records, missing = _feature_records(method, images, cfg, seed, backbone), []
-    _log_counts(run, method, records, len(images), (time.perf_counter() - t0) / len(images))
-    if missing:
-        log.warning("ucm: %d of %d images have no region tree in %s (no proposals for them), e.g. %s",
-                    len(missing), len(images), " or ".join(map(str, tree_dirs)), missing[0])
+        yield from _ucm_records(images, cfg["ucm"], split)
+        return
+    from tqdm import tqdm
+
+    from longtail.proposals.format import make_record
+
+    backbone = _feature_backbone(cfg, seed)
+    for im in tqdm(images, desc=f"propose {method}", unit="img"):
+        masks, scores, _ = feature_masks(method, _load_checked(im), backbone, cfg, seed, name=im["file_name"])
+        yield im, [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
+
+
+def check_counts(method: str, cfg: dict, run, *, images: int, proposals: int, skipped: int, seconds: float,
+                 split: str = "") -> None:
+    """Counts of :func:`propose_images` over a run (``run``: a :class:`~longtail.common.tracking.StageRun` or None):
+    logged; an error when no image had a proposal, or (``ucm``) no image had a region tree."""
+    _log_counts(run, method, proposals, images, seconds / max(images, 1) if method != "solov2-free" else None)
+    if skipped:
+        dirs = " or ".join(map(str, _tree_dirs(cfg["ucm"]["tree_dir"], split)))
+        log.warning("ucm: %d of %d images have no region tree in %s (no proposals for them)", skipped, images, dirs)
         if run is not None:
-            run.log_metrics({"annotation_free.ucm.images_without_tree": len(missing)})
-        if len(missing) == len(images):
-            raise LongtailError(f"propose --method ucm: none of the {len(images)} images has a region tree in "
-                                f"{' or '.join(map(str, tree_dirs))}; run `longtail ucm` on this image set first.")
-    if not records:
-        raise LongtailError(f"propose --method {method}: no proposal on any of the {len(images)} images; check "
-                            f"annotation_free.{method.replace('-', '_')} thresholds and the backbone/UCM inputs.")
-    missing_set = set(missing)
-    return records, sorted(int(im["id"]) for im in images if im["file_name"] in missing_set)
+            run.log_metrics({"annotation_free.ucm.images_without_tree": skipped})
+        if skipped == images:
+            raise LongtailError(f"propose --method ucm: none of the {images} images has a region tree in {dirs}; "
+                                f"run `longtail ucm` on this image set first.")
+    if images and not proposals:
+        hint = (f"the model in {cfg['freesolo']['work_dir']} predicts no mask with score >= "
+                f"annotation_free.freesolo.score_thr; train longer (annotation_free.freesolo.train.max_iters) or "
+                f"lower the threshold" if method == "solov2-free" else
+                f"check annotation_free.{method.replace('-', '_')} thresholds and the backbone/UCM inputs")
+        raise LongtailError(f"propose --method {method}: no proposal on any of the {images} images; {hint}.")
 
 
-def _freesolo_records(dataset: dict, images: list[dict], fcfg: dict, run, model_dir, device: str) -> list[dict]:
-    from longtail.proposals.annotation_free.freesolo import predict_dataset
-
-    records = predict_dataset(model_dir, dataset, fcfg, device=device)
-    _log_counts(run, "solov2-free", records, len(images), None)
-    if not records:
-        raise LongtailError(f"propose --method solov2-free: the model in {model_dir} predicts no mask with score >= "
-                            f"annotation_free.freesolo.score_thr on any of the {len(images)} images; train longer "
-                            f"(annotation_free.freesolo.train.max_iters) or lower the threshold.")
-    return records
+def propose_dataset(method: str, dataset: dict, cfg: dict, seed: int, run=None, *, split: str = "",
+                    model_dir: str | Path | None = None, device: str = "cpu") -> tuple[list[dict], list[int]]:
+    """(records, ids of the images the method could not run on) of every image of a COCO ``dataset``: the list
+    form of :func:`propose_images` (small sets); ``longtail propose`` streams :func:`propose_images`."""
+    images = _check_dataset(dataset)
+    t0 = time.perf_counter()
+    records: list[dict] = []
+    skipped: list[int] = []
+    for im, recs in propose_images(method, images, cfg, seed, split=split, model_dir=model_dir, device=device):
+        if recs is None:
+            skipped.append(int(im["id"]))
+        else:
+            records += recs
+    check_counts(method, cfg, run, images=len(images), proposals=len(records), skipped=len(skipped),
+                 seconds=time.perf_counter() - t0, split=split)
+    return records, sorted(skipped)
 
 
 def _load_checked(im: dict) -> np.ndarray:
@@ -139,20 +165,20 @@ def _load_checked(im: dict) -> np.ndarray:
     return rgb
 
 
-def _ucm_records(images: list[dict], uc: dict, split: str) -> tuple[list[dict], list[str], list[Path]]:
-    """(records, file names of images without a region tree, the tree folders looked in) of ``ucm``."""
+def _tree_dirs(root, split: str) -> list[Path]:
+    """<tree_dir>/<split>/ or <tree_dir>/ itself."""
+    return [Path(root) / split, Path(root)] if split else [Path(root)]
+
+
+def _ucm_records(images: list[dict], uc: dict, split: str):
+    """(image, records or None without a region tree) of ``ucm``, per image."""
     from tqdm import tqdm
 
     from longtail.proposals.annotation_free.ucm import COLOR_TREES, load_tree, ucm_proposals
     from longtail.proposals.format import make_record
 
-    def _dirs(root):   # <tree_dir>/<split>/ or <tree_dir>/ itself
-        return [Path(root) / split, Path(root)] if split else [Path(root)]
-
-    tree_dirs = _dirs(uc["tree_dir"])
-    more_dirs = [_dirs(d) for d in uc["more_tree_dirs"]]
-    records: list[dict] = []
-    missing: list[str] = []
+    tree_dirs = _tree_dirs(uc["tree_dir"], split)
+    more_dirs = [_tree_dirs(d, split) for d in uc["more_tree_dirs"]]
     for im in tqdm(images, desc="propose ucm", unit="img"):
         try:
             tree = load_tree(tree_dirs, im)
@@ -160,13 +186,12 @@ def _ucm_records(images: list[dict], uc: dict, split: str) -> tuple[list[dict], 
         except LongtailError:
             if uc["missing_tree"] == "error":
                 raise
-            missing.append(im["file_name"])
+            yield im, None
             continue
         hw = (int(im["height"]), int(im["width"]))
         rgb = _load_checked(im) if set(uc["extra_trees"]) & set(COLOR_TREES) else None   # colour trees need it
         masks, scores = ucm_proposals(*tree, hw, image=rgb, more_trees=more, **_ucm_kwargs(uc))
-        records += [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
-    return records, missing, tree_dirs
+        yield im, [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
 
 
 def _feature_backbone(cfg: dict, seed: int):
@@ -178,27 +203,14 @@ def _feature_backbone(cfg: dict, seed: int):
     return build_backbone(cfg["backbone"], seed)
 
 
-def _feature_records(method: str, images: list[dict], cfg: dict, seed: int, backbone) -> list[dict]:
-    """Records of the backbone-feature methods (``freemask``, ``spectral``)."""
-    from tqdm import tqdm
-
-    from longtail.proposals.format import make_record
-
-    records: list[dict] = []
-    for im in tqdm(images, desc=f"propose {method}", unit="img"):
-        masks, scores, _ = feature_masks(method, _load_checked(im), backbone, cfg, seed, name=im["file_name"])
-        records += [make_record(im["id"], m, s) for m, s in zip(masks, scores)]
-    return records
-
-
 def _ucm_kwargs(uc: dict) -> dict:
     keys = ("num_regions", "pairs", "triples", "extra_trees", "min_area_frac", "max_area_frac", "area_exp",
             "compact_exp", "border_exp", "nms_iou", "pre_nms", "max_masks", "fill_holes", "dilate_px")
     return {k: uc[k] for k in keys}
 
 
-def _log_counts(run, method: str, records: list[dict], n_images: int, sec_per_image: float | None) -> None:
-    m = {f"annotation_free.{method}.masks_per_image": len(records) / max(n_images, 1)}
+def _log_counts(run, method: str, proposals: int, n_images: int, sec_per_image: float | None) -> None:
+    m = {f"annotation_free.{method}.masks_per_image": proposals / max(n_images, 1)}
     if sec_per_image is not None:
         m[f"annotation_free.{method}.seconds_per_image"] = sec_per_image
     log.info("%s: %s", method, m)
@@ -206,4 +218,4 @@ def _log_counts(run, method: str, records: list[dict], n_images: int, sec_per_im
         run.log_metrics(m)
 
 
-__all__ = ["METHODS", "feature_masks", "propose_dataset"]
+__all__ = ["METHODS", "check_counts", "feature_masks", "propose_dataset", "propose_images"]
