@@ -120,6 +120,15 @@ def imagenet_to_lite(x: torch.Tensor) -> torch.Tensor:
     return (255.0 * (x * std + mean) - MEAN) / STD
 
 
+def freeze_modules(modules) -> None:
+    """Fix weights (no gradients) and batch-norm statistics (eval mode) of these modules; call it again after
+    every ``.train()``."""
+    for m in modules:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
 def _stage_ends(blocks: Sequence[nn.Module]) -> list[int]:
     """Index of the last block at each cumulative stride 2, 4, 8, 16, 32 (the stem has stride 2)."""
     stride, ends = 2, []
@@ -179,11 +188,7 @@ class EfficientNetLiteFeatures(nn.Module):
         return [self.conv_stem, self.bn0, *mods] if stage == 0 else mods
 
     def _freeze(self) -> None:
-        for stage in range(self.frozen_stages + 1):
-            for m in self._stage_modules(stage):
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad_(False)
+        freeze_modules(m for stage in range(self.frozen_stages + 1) for m in self._stage_modules(stage))
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -119,10 +119,9 @@ class ResNet18Backbone(nn.Module):
         self._freeze()
 
     def _freeze(self) -> None:
-        for m in self.frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+        from longtail.common.efficientnet_lite import freeze_modules
+
+        freeze_modules(self.frozen)
 
     def train(self, mode: bool = True):
         super().train(mode)
