@@ -14,8 +14,9 @@ rule propose_ucm:
         trees=f"{AF['ucm']['tree_dir']}/{{split}}",
         more_trees=expand("{d}/{{split}}", d=AF["ucm"]["more_tree_dirs"]),
     output:
-        proposals=directory(f"{PROP}/ucm/{{split}}"),
+        **proposal_shard("ucm"),
     params:
+        out_dir=f"{PROP}/ucm/{{split}}",
         # the verb's NMS + top-K, the method's section
         reads=config_keys("proposals.nms_iou", "annotation_free.topk", "annotation_free.ucm"),
     threads: 1
@@ -25,9 +26,10 @@ rule propose_ucm:
     conda:
         "../envs/proposals.yaml"
     log:
-        "results/logs/propose_ucm_{split}.log",
+        "results/logs/propose_ucm_{split}_{scatteritem}.log",
     shell:
-        "longtail propose --method ucm --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
+        "longtail propose --method ucm --dataset {input.dataset} --out-dir {params.out_dir} "
+        "--shard {wildcards.scatteritem} 2> {log}"
 
 
 rule propose_freemask:
@@ -35,8 +37,9 @@ rule propose_freemask:
         dataset=f"{DATA}/{{split}}.json",
         backbone=AF_BACKBONE,
     output:
-        proposals=directory(f"{PROP}/freemask/{{split}}"),
+        **proposal_shard("freemask"),
     params:
+        out_dir=f"{PROP}/freemask/{{split}}",
         # + the dense-feature settings: seed, threads, image size, backbone
         reads=config_keys("seed", "proposals.nms_iou", "annotation_free.topk", "annotation_free.threads",
                           "annotation_free.image", "annotation_free.backbone", "annotation_free.freemask"),
@@ -48,9 +51,10 @@ rule propose_freemask:
     conda:
         "../envs/proposals.yaml"
     log:
-        "results/logs/propose_freemask_{split}.log",
+        "results/logs/propose_freemask_{split}_{scatteritem}.log",
     shell:
-        "longtail propose --method freemask --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
+        "longtail propose --method freemask --dataset {input.dataset} --out-dir {params.out_dir} "
+        "--shard {wildcards.scatteritem} 2> {log}"
 
 
 rule propose_spectral:
@@ -58,8 +62,9 @@ rule propose_spectral:
         dataset=f"{DATA}/{{split}}.json",
         backbone=AF_BACKBONE,
     output:
-        proposals=directory(f"{PROP}/spectral/{{split}}"),
+        **proposal_shard("spectral"),
     params:
+        out_dir=f"{PROP}/spectral/{{split}}",
         reads=config_keys("seed", "proposals.nms_iou", "annotation_free.topk", "annotation_free.threads",
                           "annotation_free.image", "annotation_free.backbone", "annotation_free.spectral"),
     threads: 2
@@ -70,15 +75,16 @@ rule propose_spectral:
     conda:
         "../envs/proposals.yaml"
     log:
-        "results/logs/propose_spectral_{split}.log",
+        "results/logs/propose_spectral_{split}_{scatteritem}.log",
     shell:
-        "longtail propose --method spectral --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
+        "longtail propose --method spectral --dataset {input.dataset} --out-dir {params.out_dir} "
+        "--shard {wildcards.scatteritem} 2> {log}"
 
 
 rule train_freesolo:
     input:
         dataset=rules.prepare.output.train,
-        pseudo=expand(rules.propose_freemask.output.proposals, split="train"),
+        pseudo=proposal_set("freemask", "train"),
     output:
         model=f"{AF_FREESOLO}/model.pth",
         config=f"{AF_FREESOLO}/config.py",
@@ -108,8 +114,9 @@ rule propose_solov2_free:
         config=rules.train_freesolo.output.config,
         dataset=f"{DATA}/{{split}}.json",
     output:
-        proposals=directory(f"{PROP}/solov2-free/{{split}}"),
+        **proposal_shard("solov2-free"),
     params:
+        out_dir=f"{PROP}/solov2-free/{{split}}",
         reads=config_keys("proposals.nms_iou", "annotation_free.topk", "annotation_free.freesolo"),
         model_dir=AF_FREESOLO,  # the train_freesolo work dir of input.model / input.config
     threads: 2
@@ -120,10 +127,10 @@ rule propose_solov2_free:
     conda:
         "../envs/proposals.yaml"
     log:
-        "results/logs/propose_solov2_free_{split}.log",
+        "results/logs/propose_solov2_free_{split}_{scatteritem}.log",
     shell:
-        "longtail propose --method solov2-free --dataset {input.dataset} --out-dir {output.proposals} "
-        "--model-dir {params.model_dir} 2> {log}"
+        "longtail propose --method solov2-free --dataset {input.dataset} --out-dir {params.out_dir} "
+        "--model-dir {params.model_dir} --shard {wildcards.scatteritem} 2> {log}"
 
 
 EXTRA_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=PIPE["annotation_free"])

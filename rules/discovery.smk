@@ -36,7 +36,7 @@ rule evaluate:
     input:
         embeddings=rules.embed.output.embeddings,
         clusters=rules.cluster.output.clusters,
-        proposals=f"{PROP}/{{method}}/val",
+        proposals=proposal_set("{method}", "val"),
         gt=rules.prepare.output.val,
     output:
         detections=f"{DISC_DIR}/{{method}}/{{variant}}/detections.json",

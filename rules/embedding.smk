@@ -11,7 +11,7 @@ EMB_VARIANT = "|".join(v.replace(".", r"\.") for v in EMB_VARIANTS)
 
 rule train_embedding:
     input:
-        proposals=f"{PROP}/{{method}}/train",
+        proposals=proposal_set("{method}", "train"),
         # UCM region trees of the train images (hierarchy stage): extra parent/child pairs where present
         trees=f"{HIER}/ucm/train",
     output:
@@ -40,7 +40,7 @@ rule train_embedding:
 rule embed:
     input:
         model=rules.train_embedding.output.model,
-        proposals=f"{PROP}/{{method}}/val",
+        proposals=proposal_set("{method}", "val"),
         anchors=rules.prepare.output.train,
     output:
         embeddings=f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz",

@@ -1,6 +1,10 @@
 # proposals: class-agnostic proposal networks (Mask R-CNN, SOLOv2; Weng et al. 3.1) trained on base categories,
 # the oracle `gt` proposal set, class-agnostic evaluation, segmentation error analysis and the DCL ablation
-# (Chen et al. 2022). Outputs (PROP = proposals.out_dir): <method>/<split>/ (shared format), metrics_<split>.json.
+# (Chen et al. 2022). Outputs (PROP = proposals.out_dir): <method>/<split>/ (the proposal store: shards/ + index.json,
+# longtail.proposals.format), metrics_<split>.json.
+# Every proposal set is made by N shard jobs (scattergather `proposals`, N = proposals.shards; `--set-scatter
+# proposals=N` overrides it): rule propose_* writes <set>/shards/<i>-of-<N>.jsonl (+ .json), one job per shard, and
+# gather_proposals writes <set>/index.json, the file downstream rules take as the set (its folder is the set).
 PROP_NETWORKS = list(config["proposals"]["models"])
 PROP_SPLITS = ["train", "val"]
 
@@ -9,13 +13,29 @@ wildcard_constraints:
     split="train|val",
 
 
+scattergather:
+    proposals=config["proposals"]["shards"],
+
+
+def proposal_shard(method):
+    """The outputs of one shard job of <method>'s proposal sets (scatteritem = i-of-N)."""
+    shard = f"{PROP}/{method}/{{split}}/shards/{{scatteritem}}"
+    return {"proposals": f"{shard}.jsonl", "meta": f"{shard}.json"}
+
+
+def proposal_set(method, split="{split}"):
+    """The index.json of a proposal set: what downstream rules take as the set (longtail accepts it for its folder)."""
+    return f"{PROP}/{method}/{split}/index.json"
+
+
 rule propose_gt:
     input:
         dataset=f"{DATA}/{{split}}.json",
     output:
-        proposals=directory(f"{PROP}/gt/{{split}}"),
+        **proposal_shard("gt"),
     params:
         reads=config_keys("proposals"),
+        out_dir=f"{PROP}/gt/{{split}}",
     threads: 1
     resources:
         mem_mb=4000,
@@ -23,9 +43,33 @@ rule propose_gt:
     conda:
         "../envs/proposals.yaml"
     log:
-        "results/logs/propose_gt_{split}.log",
+        "results/logs/propose_gt_{split}_{scatteritem}.log",
     shell:
-        "longtail propose --method gt --dataset {input.dataset} --out-dir {output.proposals} 2> {log}"
+        "longtail propose --method gt --dataset {input.dataset} --out-dir {params.out_dir} "
+        "--shard {wildcards.scatteritem} 2> {log}"
+
+
+# the set's index.json from its N shards (any method)
+rule gather_proposals:
+    input:
+        shards=lambda wc: gather.proposals(f"{PROP}/{wc.method}/{wc.split}/shards/{{scatteritem}}.jsonl"),
+    output:
+        index=proposal_set("{method}"),
+    wildcard_constraints:
+        method="[A-Za-z0-9_-]+",
+    params:
+        reads=config_keys("proposals.shards"),
+        out_dir=f"{PROP}/{{method}}/{{split}}",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/proposals.yaml"
+    log:
+        "results/logs/gather_proposals_{method}_{split}.log",
+    shell:
+        "longtail gather-proposals --proposals {params.out_dir} 2> {log}"
 
 
 rule train_proposals:
@@ -62,12 +106,13 @@ rule propose:
         config=f"{PROP}/models/{{method}}/config.py",
         dataset=f"{DATA}/{{split}}.json",
     output:
-        proposals=directory(f"{PROP}/{{method}}/{{split}}"),
+        **proposal_shard("{method}"),
     wildcard_constraints:
         method="|".join(PROP_NETWORKS),
     params:
         reads=config_keys("proposals"),
         model_dir=f"{PROP}/models/{{method}}",  # the train_proposals work dir of input.model / input.config
+        out_dir=f"{PROP}/{{method}}/{{split}}",
     threads: 2
     resources:
         mem_mb=8000,
@@ -76,16 +121,16 @@ rule propose:
     conda:
         "../envs/proposals.yaml"
     log:
-        "results/logs/propose_{method}_{split}.log",
+        "results/logs/propose_{method}_{split}_{scatteritem}.log",
     shell:
-        "longtail propose --method {wildcards.method} --dataset {input.dataset} --out-dir {output.proposals} "
-        "--model-dir {params.model_dir} 2> {log}"
+        "longtail propose --method {wildcards.method} --dataset {input.dataset} --out-dir {params.out_dir} "
+        "--model-dir {params.model_dir} --shard {wildcards.scatteritem} 2> {log}"
 
 
 # any proposal set (networks, gt, annotation-free methods): class-agnostic AP/AR on base, novel and all
 rule eval_proposals:
     input:
-        proposals=f"{PROP}/{{method}}/{{split}}",
+        proposals=proposal_set("{method}"),
         dataset=f"{DATA}/{{split}}.json",
     output:
         metrics=f"{PROP}/{{method}}/metrics_{{split}}.json",
@@ -109,7 +154,7 @@ rule eval_proposals:
 
 rule error_analysis:
     input:
-        proposals=f"{PROP}/{{method}}/{{split}}",
+        proposals=proposal_set("{method}"),
         dataset=f"{DATA}/{{split}}.json",
     output:
         errors=f"{PROP}/{{method}}/errors_{{split}}.json",
@@ -158,11 +203,12 @@ rule dcl_ablation:
         "--split val --out {output.comparison} 2> {log}"
 
 
-EXTRA_TARGETS += expand(f"{PROP}/gt/{{split}}", split=PROP_SPLITS)
-EXTRA_TARGETS += expand(f"{PROP}/{{method}}/{{split}}", method=PIPE["proposal_networks"], split=PIPE["network_splits"])
+EXTRA_TARGETS += expand(proposal_set("gt", "{split}"), split=PROP_SPLITS)
+EXTRA_TARGETS += expand(proposal_set("{method}", "{split}"), method=PIPE["proposal_networks"],
+                        split=PIPE["network_splits"])
 EXTRA_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=["gt", *PIPE["proposal_networks"]])
 EXTRA_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PIPE["proposal_networks"])
-ABLATION_TARGETS += expand(f"{PROP}/{{method}}/{{split}}", method=PROP_NETWORKS, split=PROP_SPLITS)
+ABLATION_TARGETS += expand(proposal_set("{method}", "{split}"), method=PROP_NETWORKS, split=PROP_SPLITS)
 ABLATION_TARGETS += expand(f"{PROP}/{{method}}/metrics_val.json", method=PROP_NETWORKS)
 ABLATION_TARGETS += expand(f"{PROP}/{{method}}/errors_val.json", method=PROP_NETWORKS)
 ABLATION_TARGETS += [rules.dcl_ablation.output.comparison]

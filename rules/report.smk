@@ -10,7 +10,7 @@ rule report:
         clusters=expand(rules.cluster.output.clusters, **REPORT_RUNS),
         elbow=expand(rules.cluster.output.elbow, **REPORT_RUNS),
         embeddings=expand(rules.embed.output.embeddings, **REPORT_RUNS),
-        proposals=expand(f"{PROP}/{{method}}/val", method=PIPE["embedding_methods"]),
+        proposals=expand(proposal_set("{method}", "val"), method=PIPE["embedding_methods"]),
         gt=rules.prepare.output.val,
     output:
         html=f"{REPORT_DIR}/index.html",

@@ -36,8 +36,15 @@ def register(sub):
     p.set_defaults(func=run_embed)
 
 
+def _set_method(proposals: str) -> str:
+    """The method of a proposal set path (<method>/<split>, or its index.json)."""
+    from longtail.proposals.format import proposal_set_dir
+
+    return proposal_set_dir(proposals).parent.name
+
+
 @stage_verb("train-embedding", "embedding", config=lambda args, cfg: variant_config(cfg, args.variant),
-            run_name=lambda args, cfg: f"train-embedding {Path(args.proposals).parent.name}/{args.variant}",
+            run_name=lambda args, cfg: f"train-embedding {_set_method(args.proposals)}/{args.variant}",
             tags=lambda args, cfg: {"longtail.variant": args.variant, "longtail.proposals": args.proposals})
 def run_train(args, params, cfg, run) -> int:
     import torch
@@ -85,7 +92,7 @@ def run_embed(args, params, top, run) -> int:
     set_threads(top["threads"])
     t0 = time.time()
     variant = cfg.get("variant")                      # model.pt content (None for a model without a variant)
-    name_run(run, f"embed {Path(args.proposals).parent.name}/{variant}", **{"longtail.variant": variant})
+    name_run(run, f"embed {_set_method(args.proposals)}/{variant}", **{"longtail.variant": variant})
     index = ProposalIndex(args.proposals, cfg["proposals_per_image"])
     # per image through a DataLoader; parts in <out>.parts/ (a killed embed resumes from them)
     props, writer = embed_proposal_set(

@@ -72,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _split_name(out_dir: str | Path) -> str:
-    return Path(out_dir).name
+    from longtail.proposals.format import proposal_set_dir
+
+    return proposal_set_dir(out_dir).name
 
 
 def _propose_split(args) -> str:
