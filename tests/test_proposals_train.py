@@ -232,6 +232,21 @@ def test_launcher_from_env(env, launcher, world, rank):
     assert is_rank_zero(env) == (rank == 0)
 
 
+def test_only_rank_zero_writes_metrics(tmp_path, monkeypatch):
+    """In a torchrun world the ranks > 0 neither log to MLflow nor write the metrics file (rank 0 does)."""
+    from longtail.common import tracking
+
+    monkeypatch.setenv("LONGTAIL_MLFLOW", "1")
+    for rank, expect in (("1", False), ("0", True)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        monkeypatch.setenv("RANK", rank)
+        assert tracking.enabled() is expect
+        out = tmp_path / f"metrics_{rank}.json"
+        tracking.StageRun("train-proposals", None).write_metrics(out, {"iterations": 2})
+        assert out.exists() is expect
+
+
 def _scaled_lr(cfg, world_size: int) -> float:
     """The LR mmengine's Runner trains with for ``cfg`` in a world of ``world_size`` processes (Runner.scale_lr)."""
     from types import SimpleNamespace
