@@ -16,15 +16,7 @@ from longtail.embedding.sampling import sample_triplets, top_per_image
 from longtail.hierarchy.tree import RegionTree
 from longtail.common.masks import decode_mask
 from longtail.proposals.format import read_proposals, write_proposals
-from test_embedding import jittered_proposals, small_cfg
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_embedding import jittered_proposals, one_thread, small_cfg  # noqa: F401 (one_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")

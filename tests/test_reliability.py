@@ -42,6 +42,14 @@ def _train(gt_train, out, repo_root):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def _running_when(cond, p, timeout: float = 600) -> None:
+    """Wait until ``cond()`` holds; the process must still be running then (to be interrupted)."""
+    deadline = time.time() + timeout
+    while not cond() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, "finished before it could be interrupted: " + p.communicate()[1][-2000:]
+
+
 def _metrics(out: Path) -> dict:
     m = json.loads((out / "metrics.json").read_text())
     return {k: v for k, v in m.items() if not any(t in k for t in TIMING)}
@@ -73,10 +81,7 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, gt_train, tmp_p
     out = tmp_path / "k"
     p = _train(gt_train, out, repo_root)
     ckpt = out / "checkpoint.pt"
-    deadline = time.time() + 600
-    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert p.poll() is None, "training finished before a checkpoint could be interrupted"
+    _running_when(lambda: ckpt.exists(), p)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     # killed: no final output may exist (it is only renamed into place when complete)
@@ -98,10 +103,7 @@ def test_sigusr1_checkpoints_and_resume_equals_uninterrupted(uninterrupted, gt_t
     out = tmp_path / "u"
     p = _train(gt_train, out, repo_root)
     ckpt = out / "checkpoint.pt"
-    deadline = time.time() + 600
-    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert p.poll() is None, "training finished before it could be signalled"
+    _running_when(lambda: ckpt.exists(), p)
     p.send_signal(signal.SIGUSR1)
     _, err = p.communicate(timeout=300)
     assert p.returncode != 0 and "SIGUSR1" in err and "resume" in err, err[-2000:]
@@ -137,10 +139,7 @@ def test_sigkill_during_embed_leaves_no_npz_and_resumes(uninterrupted, gt_train,
     out = tmp_path / "k"
     parts = out / "e.npz.parts"
     p = _embed(model, gt_train, anchors, out, repo_root)
-    deadline = time.time() + 600
-    while not list(parts.glob("part-*.npz")) and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "embed finished before it could be killed: " + p.communicate()[1][-2000:]
+    _running_when(lambda: list(parts.glob("part-*.npz")), p)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (out / "e.npz").exists() and not (out / "m.json").exists()

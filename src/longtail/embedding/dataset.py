@@ -346,7 +346,7 @@ def training_dataset(proposals_dir: str | Path, cfg: dict, *, trees_dir: str | P
                      world: int = 1) -> ProposalImageDataset:
     """The streaming training dataset of a proposal set with the configuration's top-N and per-step cap."""
     ds = ProposalImageDataset(ProposalIndex(proposals_dir, cfg["proposals_per_image"]), cfg, trees_dir=trees_dir,
-                              max_per_image=per_image_cap(cfg.get("max_proposals_per_step", 0),
+                              max_per_image=per_image_cap(cfg["max_proposals_per_step"],
                                                           cfg["images_per_batch"], world), seed=seed)
     if len(ds) == 0:
         raise LongtailError(f"{proposals_dir}: every proposal mask is empty; nothing to train on.")

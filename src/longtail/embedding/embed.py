@@ -262,4 +262,4 @@ def embed_fingerprint(model_path: str | Path, proposals, cfg: dict, chunk_images
             h.update(block)
     st = Path(proposals.file).stat()
     return params_hash([h.hexdigest(), str(Path(proposals.file).resolve()), st.st_size, st.st_mtime_ns,
-                        int(cfg["crop_size"]), cfg.get("proposals_per_image"), int(chunk_images)])
+                        int(cfg["crop_size"]), cfg["proposals_per_image"], int(chunk_images)])

@@ -184,20 +184,9 @@ def region_tree_pairs(rles: Sequence[dict], image_ids: Sequence[int], trees: dic
 
 
 def load_region_trees(trees_dir: str, image_ids: Sequence[int]) -> dict:
-    """Region trees of ``longtail ucm`` (``index.json`` + ``<key>.npz``) for the given image ids."""
-    from pathlib import Path
+    """Region trees of ``longtail ucm`` (``index.json`` + ``<key>.npz``) for the given image ids, all at once (the
+    in-RAM path; the streaming dataset loads one image's tree per item)."""
+    from longtail.embedding.dataset import RegionTreeIndex
 
-    from longtail.common.errors import LongtailError
-    from longtail.common.io import read_json
-    from longtail.hierarchy.tree import load_region_tree
-
-    d = Path(trees_dir)
-    index = read_json(d / "index.json", "region tree index")
-    if not isinstance(index, dict) or not isinstance(index.get("images"), list):
-        raise LongtailError(f"{d / 'index.json'}: no 'images' list; rerun `longtail ucm`.")
-    wanted = {int(i) for i in image_ids}
-    out = {}
-    for r in index["images"]:
-        if r.get("image_id") is not None and int(r["image_id"]) in wanted:
-            out[int(r["image_id"])] = load_region_tree(d / r["tree"])
-    return out
+    index = RegionTreeIndex(trees_dir)
+    return {int(i): index.get(int(i)) for i in image_ids if int(i) in index.files}
