@@ -41,9 +41,9 @@ def _check_prepare(root: Path) -> None:
 def _check_propose_gt_val(root: Path) -> None:
     """Oracle proposals of val: every non-crowd GT mask once (top-K, mask NMS), for exactly the 177 val images."""
     val = json.loads((root / "results/data/val.json").read_text())
-    d = root / "results/proposals/gt/val"
-    index = json.loads((d / "index.json").read_text())
-    records = json.loads((d / "proposals.json").read_text())
+    d = root / "results/proposals/gt/val/shards"   # the one shard of the default proposals.shards = 1
+    index = json.loads((d / "1-of-1.json").read_text())
+    records = [r for line in (d / "1-of-1.jsonl").read_text().splitlines() for r in json.loads(line)["proposals"]]
     assert index["method"] == "gt" and index["num_proposals"] == len(records), {k: index[k] for k in index
                                                                                  if k != "images"}
     assert sorted(im["id"] for im in index["images"]) == sorted(im["id"] for im in val["images"])
@@ -63,9 +63,8 @@ def _check_propose_gt_val(root: Path) -> None:
 # defines runs after `prepare`.
 PREPARE = ("prepare", "results/data/metrics.json", ["results/logs/prepare.log"], _check_prepare)
 DOWNSTREAM = [
-    ("propose_gt", "results/proposals/gt/val",
-     ["results/logs/propose_gt_val.log", "results/proposals/gt/val/index.json",
-      "results/proposals/gt/val/proposals.json"], _check_propose_gt_val),
+    ("propose_gt", "results/proposals/gt/val/shards/1-of-1.jsonl",
+     ["results/logs/propose_gt_val_1-of-1.log"], _check_propose_gt_val),
 ]
 
 

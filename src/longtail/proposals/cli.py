@@ -119,8 +119,8 @@ def run_propose(args, params, cfg, run) -> int:
                     got, recs = next(it)
                 except LongtailError as e:
                     raise LongtailError(f"propose shard {shard_name(shard)} ({shard_path(out, shard)}.part), image "
-                                        f"{im['id']} ({im['file_name']}): {e} Rerun the shard after fixing it: it "
-                                        f"resumes after the last finished image.") from None
+                                        f"{im['id']} ({im['file_name']}): {e} Fix or remove the image, then rerun "
+                                        f"the shard: it resumes after the last finished image.") from None
                 except Exception as e:     # a corrupt image: the decoder's own error, with the file named
                     raise LongtailError(f"propose shard {shard_name(shard)}: image {im['id']} ({im['file_name']}) "
                                         f"could not be processed ({type(e).__name__}: {e}); fix or remove the "

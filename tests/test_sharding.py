@@ -1,0 +1,223 @@
+"""Sharded proposal sets (issue 15): `propose --shard i/N` + `gather-proposals` = the unsharded set, per-image
+reads by offset, and the bad inputs of the sharded path (truncated shard, missing shard, missing/corrupt image)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from longtail.cli import main
+from longtail.common import LongtailError
+from longtail.common.shards import parse_shard, select_shard
+from longtail.proposals.format import (gather, iter_proposals, read_image_proposals, read_index, read_proposals,
+                                       shard_path)
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "LONGTAIL_MLFLOW": "0"}
+
+
+def _propose(dataset: Path, out: Path, *extra: str, method: str = "gt") -> int:
+    return main(["propose", "--method", method, "--dataset", str(dataset), "--out-dir", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def sets(prepared, tmp_path_factory):
+    """gt proposals of the sample val split: unsharded (1/1) and as 2 shards + gather."""
+    root = tmp_path_factory.mktemp("sets")
+    val = prepared / "val.json"
+    assert _propose(val, root / "one") == 0
+    for i in (1, 2):
+        assert _propose(val, root / "two", "--shard", f"{i}/2") == 0
+        assert not (root / "two" / "index.json").exists()          # complete only once gathered
+    assert main(["gather-proposals", "--proposals", str(root / "two")]) == 0
+    return val, root / "one", root / "two"
+
+
+def test_parse_and_select_shard():
+    assert parse_shard("2/4") == parse_shard("2-of-4") == (2, 4) and parse_shard(None) == (1, 1)
+    for bad in ("0/2", "3/2", "x", "1/0"):
+        with pytest.raises(LongtailError, match="--shard"):
+            parse_shard(bad)
+    items = [{"id": i} for i in (9, 3, 7, 1, 5)]
+    parts = [select_shard(items, (i, 2), key=lambda x: x["id"]) for i in (1, 2)]
+    assert [[x["id"] for x in p] for p in parts] == [[1, 5, 9], [3, 7]]
+
+
+def test_sharded_equals_unsharded(sets):
+    val, one, two = sets
+    i1, r1 = read_proposals(one)
+    i2, r2 = read_proposals(two)
+    assert r1 == r2 and len(r1) > 1000
+    assert i1["num_shards"] == 1 and i2["num_shards"] == 2 and i1["num_proposals"] == i2["num_proposals"]
+    assert [im["id"] for im in i1["images"]] == [im["id"] for im in i2["images"]]
+    ids = sorted(im["id"] for im in json.loads(val.read_text())["images"])
+    assert [im["id"] for im in i2["images"]] == ids
+    # shard i holds sorted ids [i-1::2], one JSON line per image
+    for i in (1, 2):
+        lines = shard_path(two, (i, 2)).read_text().splitlines()
+        assert [json.loads(line)["image_id"] for line in lines] == ids[i - 1::2]
+    per_image = {e["id"]: recs for e, recs in iter_proposals(one)}
+    for e, recs in iter_proposals(two):
+        assert recs == per_image[e["id"]] and e["num_proposals"] == len(recs)
+        assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+
+
+def test_finished_shard_is_not_recomputed(sets, caplog):
+    val, _, two = sets
+    shard = shard_path(two, (1, 2))
+    before = shard.stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        assert _propose(val, two, "--shard", "1/2") == 0
+    assert "not recomputed" in caplog.text and shard.stat().st_mtime_ns == before
+    assert (two / "index.json").exists()
+
+
+def test_eval_proposals_same_ar_on_sharded_set(sets, tmp_path):
+    val, one, two = sets
+    for name, d in (("one", one), ("two", two / "index.json")):       # the folder or its index.json
+        assert main(["eval-proposals", "--proposals", str(d), "--dataset", str(val), "--out",
+                     str(tmp_path / f"{name}.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert a["segm"] == b["segm"] and a["bbox"] == b["bbox"]
+    assert a["segm"]["all"]["AR100"] > 0.9                           # oracle proposals
+
+
+def test_reader_seeks_to_one_image(sets, tmp_path):
+    """read_image_proposals reads only its image's line: every other line corrupted, it still returns the
+    records; iterating over the set names the file and the first corrupted line."""
+    _, one, _ = sets
+    index = read_index(one)
+    target = index["images"][5]
+    want = read_image_proposals(one, target["id"], index)
+    assert want and all(r["image_id"] == target["id"] for r in want)
+    d = tmp_path / "c"
+    (d / "shards").mkdir(parents=True)
+    (d / "index.json").write_text((one / "index.json").read_text())
+    (d / "shards" / "1-of-1.json").write_text((one / "shards" / "1-of-1.json").read_text())
+    lines = (one / "shards" / "1-of-1.jsonl").read_bytes().splitlines(keepends=True)
+    bad = [ln if k == 5 else b"#" * (len(ln) - 1) + b"\n" for k, ln in enumerate(lines)]
+    (d / "shards" / "1-of-1.jsonl").write_bytes(b"".join(bad))
+    assert read_image_proposals(d, target["id"]) == want
+    with pytest.raises(LongtailError, match=r"1-of-1\.jsonl: line 1 is not JSON"):
+        next(iter_proposals(d))
+
+
+def test_truncated_shard_is_named(sets, tmp_path):
+    _, _, two = sets
+    d = tmp_path / "t"
+    (d / "shards").mkdir(parents=True)
+    for f in (two / "shards").iterdir():
+        (d / "shards" / f.name).write_bytes(f.read_bytes())
+    p = d / "shards" / "2-of-2.jsonl"
+    data = p.read_bytes()
+    cut = data.index(b"\n", len(data) // 2) + 10                    # inside a line after the middle
+    p.write_bytes(data[:cut])
+    k = data[:cut].count(b"\n") + 1
+    with pytest.raises(LongtailError, match=rf"2-of-2\.jsonl: .*truncated at line {k}; delete it and rerun"):
+        gather(d)
+    # read through an index gathered before the cut: the same file and line
+    (d / "index.json").write_text((two / "index.json").read_text())
+    with pytest.raises(LongtailError, match=rf"2-of-2\.jsonl: truncated at line {k}"):
+        read_proposals(d)
+
+
+def test_gather_names_the_missing_shard(sets, tmp_path, capsys):
+    val, _, _ = sets
+    out = tmp_path / "m"
+    assert _propose(val, out, "--shard", "1/3") == 0
+    assert main(["gather-proposals", "--proposals", str(out), "--shards", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "2-of-3.jsonl" in err and "shard 2 of 3 missing" in err and "--shard 2/3" in err
+    assert not (out / "index.json").exists()
+
+
+@pytest.fixture(scope="module")
+def pixel_embedding_ckpt(tmp_path_factory):
+    import torch
+
+    from longtail.hierarchy.pixel_embedding import PixelEmbeddingNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pe") / "pixel_embedding.pt"
+    torch.save({"config": {"dim": 32, "proj": 256}, "state_dict": PixelEmbeddingNet().state_dict()}, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("defect", ["missing", "corrupt"])
+def test_bad_image_in_the_middle_of_a_shard(prepared, tmp_path, pixel_embedding_ckpt, capsys, defect):
+    """freemask reads the images: a missing or corrupt third image of the shard stops it with an error naming the
+    shard and the file; the two finished images stay in the .part and the rerun (image fixed) resumes after them."""
+    d = json.loads((prepared / "val.json").read_text())
+    from longtail.common.params import project_root
+
+    ims = sorted(d["images"], key=lambda im: im["id"])[:4]
+    bad = ims[2]
+    src = project_root() / bad["file_name"]
+    copy = tmp_path / "img" / Path(bad["file_name"]).name
+    copy.parent.mkdir()
+    if defect == "corrupt":
+        copy.write_bytes(src.read_bytes()[:200])                     # a JPEG cut after its header
+    images = [dict(im, file_name=str(copy)) if im is bad else im for im in ims]
+    ds = tmp_path / "val.json"
+    ds.write_text(json.dumps({**d, "images": images,
+                              "annotations": [a for a in d["annotations"] if a["image_id"] in {i["id"] for i in ims}]}))
+    out = tmp_path / "freemask" / "val"
+    sets = ["--set", f"annotation_free.backbone.checkpoint={pixel_embedding_ckpt}"]
+    assert _propose(ds, out, "--shard", "1/1", *sets, method="freemask") == 2
+    err = capsys.readouterr().err
+    assert "shard 1-of-1" in err and str(copy) in err and "rerun the shard" in err
+    part = out / "shards" / "1-of-1.jsonl.part"
+    assert part.exists() and not shard_path(out, (1, 1)).exists() and not (out / "index.json").exists()
+    assert [json.loads(x)["image_id"] for x in part.read_text().splitlines()] == [ims[0]["id"], ims[1]["id"]]
+    copy.write_bytes(src.read_bytes())                                # fixed
+    assert _propose(ds, out, "--shard", "1/1", *sets, method="freemask") == 0
+    index, _ = read_proposals(out)
+    assert [im["id"] for im in index["images"]] == [im["id"] for im in ims] and not part.exists()
+
+
+def test_sigkill_during_sharded_propose_leaves_no_shard_and_resumes(prepared, tmp_path):
+    """propose --shard 2/2 killed while appending: no shard file, no index; the rerun resumes after the last
+    complete image (a line cut by the kill is rewritten) and the gathered set equals an uninterrupted one."""
+    d = json.loads((prepared / "val.json").read_text())
+    # a larger set (the val images 40 times, new ids) so that the kill lands mid-shard
+    images, anns = [], []
+    for rep in range(40):
+        for im in d["images"]:
+            images.append(dict(im, id=rep * 1_000_000 + im["id"]))
+        for a in d["annotations"]:
+            anns.append(dict(a, id=rep * 10_000_000 + a["id"], image_id=rep * 1_000_000 + a["image_id"]))
+    ds = tmp_path / "big.json"
+    ds.write_text(json.dumps({**d, "images": images, "annotations": anns}))
+    ref, out = tmp_path / "ref", tmp_path / "k"
+    cmd = lambda o, s: [str(BIN / "longtail"), "propose", "--method", "gt", "--dataset", str(ds), "--out-dir", str(o),
+                        "--shard", s]
+    for s in ("1/2", "2/2"):
+        subprocess.run(cmd(ref, s), env=ENV, check=True, capture_output=True)
+    assert main(["gather-proposals", "--proposals", str(ref)]) == 0
+    part = out / "shards" / "2-of-2.jsonl.part"
+    p = subprocess.Popen(cmd(out, "2/2"), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    deadline = time.time() + 300
+    while (not part.exists() or part.stat().st_size < 200_000) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "propose finished before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert part.exists() and not shard_path(out, (2, 2)).exists() and not (out / "index.json").exists()
+    done = part.read_bytes().count(b"\n")
+    assert 0 < done < len(images) // 2
+    r = subprocess.run(cmd(out, "2/2"), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming shard 2-of-2 after {done} finished images" in r.stderr
+    subprocess.run(cmd(out, "1/2"), env=ENV, check=True, capture_output=True)
+    assert main(["gather-proposals", "--proposals", str(out)]) == 0
+    assert read_proposals(out)[1] == read_proposals(ref)[1]
+    assert not list((out / "shards").glob("*.part*"))
