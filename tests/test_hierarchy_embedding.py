@@ -222,3 +222,131 @@ def test_training_beats_random_init_on_bsds_val(tmp_path):
     assert len(losses) == pc["steps"] == 300
     assert np.mean(losses[-30:]) < np.mean(losses[:30]) - 0.03
     assert m_t["covering"] > m_r["covering"] + 0.015, (m_t, m_r)
+
+
+# ------------------------------------------------------------------------------------------------ at scale
+
+def _tree_folder(folder: Path, keys=("3063", "8068", "2018")) -> Path:
+    """A `longtail ucm`-format folder: OWT-UCM trees of BSDS images from their human boundaries (no HED)."""
+    from longtail.hierarchy import bench
+    from longtail.hierarchy.process import save_tree
+    from longtail.hierarchy.ucm import owt_ucm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+    for i in keys:
+        gt = bench.load_groundtruth(SAMPLE / "groundTruth" / f"{i}.mat")
+        save_tree(folder / f"{i}.npz", owt_ucm(np.mean([b.astype(float) for b in gt.boundaries], 0), max_leaves=60))
+        index.append({"key": i, "image": str(SAMPLE / "images" / f"{i}.jpg"), "image_id": None, "tree": f"{i}.npz"})
+    (folder / "index.json").write_text(json.dumps({"images": index}))
+    return folder
+
+
+SMALL = {"crop_size": 64, "batch_size": 3, "steps": 3, "checkpoint_interval": 100}
+
+
+def _small_cfg(**kw) -> dict:
+    from longtail.common.params import load_params, section
+
+    return {**section(load_params(), "hierarchy")["pixel_embedding"], **SMALL, **kw}
+
+
+def test_streaming_steps_equal_the_in_ram_steps(tmp_path):
+    """The per-item dataset (images and trees decoded per step by 2 DataLoader workers) gives bitwise the losses
+    of the in-RAM list (whose draws are the pre-streaming loop's: same rng stream per step); an image whose tree
+    has another size is a clear error naming the tree file."""
+    from longtail.common.errors import LongtailError
+    from longtail.hierarchy.process import load_training_set
+
+    trees = _tree_folder(tmp_path / "ucm")
+    cfg = _small_cfg()
+    ds = pe.TreeImages(trees, cfg["max_regions"], 32)
+    assert len(ds) == 3 and ds[0][1].n_leaves <= cfg["max_regions"]
+    _, in_ram = pe.train_pixel_embedding(load_training_set(trees, cfg["max_regions"], 32), cfg, tmp_path / "a.pt",
+                                         progress=False)
+    _, streamed = pe.train_pixel_embedding(ds, cfg, tmp_path / "b.pt", progress=False, num_workers=2)
+    assert streamed == in_ram and len(in_ram) == 3
+    # the step's share of rank r of 2 = every 2nd sample of the single-process step
+    full, half = pe.PixelSteps(ds, cfg, 0)[1], pe.PixelSteps(ds, cfg, 0, rank=1, world=2)[1]
+    assert torch.equal(half["grid_a"], full["grid_a"][1::2]) and torch.equal(half["view_b"], full["view_b"][1::2])
+    idx = json.loads((trees / "index.json").read_text())
+    idx["images"][1]["image"] = str(SAMPLE / "images" / "2018.jpg")  # portrait image, landscape tree of 8068
+    (trees / "index.json").write_text(json.dumps(idx))
+    bad = pe.TreeImages(trees, cfg["max_regions"], 32)
+    with pytest.raises(LongtailError, match="8068.npz"):
+        bad[1]
+    with pytest.raises(LongtailError, match="8068.npz"):
+        pe.train_pixel_embedding(bad, cfg, tmp_path / "c.pt", progress=False)
+
+
+def test_sigusr1_checkpoints_and_the_rerun_resumes(tmp_path):
+    """SIGUSR1 (SLURM's pre-timeout warning) during a step: the checkpoint of that step is written and the run
+    stops with Preempted; the rerun resumes from it and ends with the losses of an uninterrupted run."""
+    import os
+    import signal
+
+    from longtail.embedding.train import Preempted
+
+    trees = _tree_folder(tmp_path / "ucm", keys=("3063", "8068"))
+    cfg = _small_cfg(batch_size=2, steps=4)
+    ds = pe.TreeImages(trees, cfg["max_regions"], 32)
+    _, whole = pe.train_pixel_embedding(ds, cfg, tmp_path / "whole.pt", progress=False)
+    ck = tmp_path / "cut.pt"
+
+    def signal_in_step_1(step, _loss):       # arrives while step 1 runs (after step 0's callback)
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    with pytest.raises(Preempted, match="SIGUSR1 after step 2/4"):
+        pe.train_pixel_embedding(ds, cfg, ck, progress=False, on_step=signal_in_step_1)
+    state = torch.load(ck, weights_only=False)
+    assert state["step"] == 2 and state["losses"] == whole[:2]
+    seen = []
+    _, resumed = pe.train_pixel_embedding(ds, cfg, ck, progress=False, on_step=lambda s, v: seen.append(s))
+    assert seen == [2, 3] and resumed == whole
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp(tmp_path):
+    """torchrun --nproc_per_node 2 on the CPU (gloo): `longtail train-pixel-embedding` with DDP; rank 0 alone
+    writes the checkpoint and metrics (world_size 2); the losses are close to the single-process run's. They are
+    not equal: each rank's BatchNorm sees half the batch and the cross-image negatives come from the rank's own
+    images (tolerance: 10% of the loss per step)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    trees = _tree_folder(tmp_path / "ucm")
+    imgs = tmp_path / "eval"
+    imgs.mkdir()
+    (imgs / "2018.jpg").write_bytes((SAMPLE / "images" / "2018.jpg").read_bytes())
+    sets = ["--set", "hierarchy.pixel_embedding.batch_size=4", "--set", "hierarchy.pixel_embedding.crop_size=64",
+            "--set", "hierarchy.pixel_embedding.steps=3", "--set", "hierarchy.pixel_embedding.eval_k=2",
+            "--set", "hierarchy.pixel_embedding.eval_images=1", "--set", "hierarchy.device=cuda"]
+
+    def cmd(d):
+        return ["longtail", "train-pixel-embedding", "--trees", str(trees), "--eval-images", str(imgs),
+                "--eval-gt", str(SAMPLE / "groundTruth"), "--out", str(d / "pe.pt"), "--metrics",
+                str(d / "m.json"), *sets]
+
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "OMP_NUM_THREADS": "1"}
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env["PATH"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    r1 = subprocess.run(cmd(one), env=env, capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    torchrun = shutil.which("torchrun", path=bindir)
+    r2 = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", *cmd(two)], env=env,
+                        capture_output=True, text=True, timeout=300)
+    log = r2.stdout + r2.stderr
+    assert r2.returncode == 0, log[-4000:]
+    assert "device cuda requested but no CUDA device is visible; using the CPU" in log
+    m1, m2 = json.loads((one / "m.json").read_text()), json.loads((two / "m.json").read_text())
+    assert m1["world_size"] == 1 and m2["world_size"] == 2 and m2["steps"] == 3
+    l1, l2 = torch.load(one / "pe.pt", weights_only=False)["losses"], torch.load(two / "pe.pt",
+                                                                                weights_only=False)["losses"]
+    assert len(l2) == 3 and l1 != l2
+    np.testing.assert_allclose(l2, l1, rtol=0.10)
+    assert not (two / "pe.ckpt.pt.tmp").exists()

@@ -162,28 +162,40 @@ def run_bsds(args, params, cfg, run) -> int:
 
 @stage_verb("train-pixel-embedding", "hierarchy")
 def run_train(args, params, cfg, run) -> int:
+    import os
+
     import torch
 
+    from longtail.embedding.train import init_distributed
     from longtail.hierarchy import bench
     from longtail.hierarchy.images import list_images, load_rgb
-    from longtail.hierarchy.pixel_embedding import (PixelEmbeddingNet, eval_k_grid, evaluate_segments,
+    from longtail.hierarchy.pixel_embedding import (PixelEmbeddingNet, TreeImages, eval_k_grid, evaluate_segments,
                                                     train_pixel_embedding)
-    from longtail.hierarchy.process import load_training_set
 
     pc = cfg["pixel_embedding"]
     set_threads()
-    data = load_training_set(Path(args.trees), pc["max_regions"], cfg["min_image_size"])
+    # torchrun: DDP (gloo on the CPU, nccl with one GPU per rank); hierarchy.device cuda without a GPU -> CPU
+    dev = select_device(cfg["device"], "train-pixel-embedding")
+    rank, world, device = init_distributed(1 if dev.type == "cuda" else 0)
+    device = dev if world == 1 else device
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)   # the job's threads (Snakemake sets it)
+    data = TreeImages(args.trees, pc["max_regions"], cfg["min_image_size"])
+    out = Path(args.out)
+    ckpt = out.with_name(out.stem + ".ckpt.pt")  # resumable training state; final file written at the end
+    t0 = time.time()
+    net, losses = train_pixel_embedding(data, pc, ckpt, seed=params["seed"], device=device,
+                                        num_workers=threads if threads > 1 else 0,
+                                        on_step=lambda s, v: run.log_metrics({"loss": v}, step=s))
+    seconds = time.time() - t0
+    if rank != 0:
+        return 0
     ev_items = list_images(images=args.eval_images, max_images=pc["eval_images"])
     ev = []
     for it in ev_items:
         gt = bench.load_groundtruth(Path(args.eval_gt) / f"{it.key}.mat")
         ev.append((load_rgb(it.path, cfg["min_image_size"]), gt))
-    out = Path(args.out)
-    ckpt = out.with_name(out.stem + ".ckpt.pt")  # resumable training state; final file written at the end
-    net, losses = train_pixel_embedding(data, pc, ckpt, seed=params["seed"],
-                                        on_step=lambda s, v: run.log_metrics({"loss": v}, step=s))
     torch.manual_seed(params["seed"])
-    rand = PixelEmbeddingNet(dim=pc["dim"], proj=pc["proj"]).eval()
+    rand = PixelEmbeddingNet(dim=pc["dim"], proj=pc["proj"]).to(device).eval()
     ks = eval_k_grid(pc["eval_k"])
     m_trained = evaluate_segments(net, ev, ks, params["seed"])
     m_random = evaluate_segments(rand, ev, ks, params["seed"])
@@ -192,6 +204,9 @@ def run_train(args, params, cfg, run) -> int:
     k = max(len(losses) // 10, 1)
     metrics = {"steps": len(losses), "n_train_images": len(data), "n_eval_images": len(ev),
                "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+               "world_size": world, "device": str(device),
+               "train_seconds": round(seconds, 3), "samples_per_second": round(len(losses) * pc["batch_size"] /
+                                                                               max(seconds, 1e-9), 3),
                "trained": m_trained, "random_init": m_random,
                "covering_gain": m_trained["covering"] - m_random["covering"]}
     run.write_metrics(args.metrics, metrics)

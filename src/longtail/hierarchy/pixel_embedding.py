@@ -157,18 +157,25 @@ def _jitter_box(rng, box, h, w, amount=0.15):
     return nx, ny, nw, nh
 
 
-def _view(rgb, box, flip, size, rng, jitter):
+def _jitter_factors(rng, jitter: float) -> tuple[float, float, float] | None:
+    """Brightness, contrast and saturation factors of one view (drawn in this order)."""
+    if jitter <= 0:
+        return None
+    return tuple(float(rng.uniform(1 - jitter, 1 + jitter)) for _ in range(3))
+
+
+def _view(rgb, box, flip, size, factors):
     x0, y0, bw, bh = box
     crop = torch.from_numpy(np.ascontiguousarray(rgb[y0:y0 + bh, x0:x0 + bw])).permute(2, 0, 1).float()[None]
     crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)[0] / 255.0
     if flip:
         crop = crop.flip(-1)
-    if jitter > 0:  # colour jitter: brightness, contrast, saturation
-        crop = crop * rng.uniform(1 - jitter, 1 + jitter)
+    if factors is not None:  # colour jitter: brightness, contrast, saturation
+        crop = crop * factors[0]
         m = crop.mean()
-        crop = (crop - m) * rng.uniform(1 - jitter, 1 + jitter) + m
+        crop = (crop - m) * factors[1] + m
         g = crop.mean(0, keepdim=True)
-        crop = (crop - g) * rng.uniform(1 - jitter, 1 + jitter) + g
+        crop = (crop - g) * factors[2] + g
         crop = crop.clamp(0, 1)
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
@@ -185,13 +192,24 @@ def _to_grid(xy, box, flip):
     return np.stack([gx, gy], -1)
 
 
-def sample_image(rgb: np.ndarray, tree, rng: np.random.Generator, size: int = 224, n_regions: int = 7,
-                 n_pos: int = 10, n_neg: int = 5, sigma_p: float = 0.8, jitter: float = 0.4,
-                 dist: np.ndarray | None = None) -> Sample | None:
-    """Two augmented views of one image and the pixel pairs of Eq. 2/3 drawn from its region tree.
+@dataclass
+class Plan:
+    """Every random draw of one sample (boxes, flips, pixel pairs, colour jitter): what :func:`render` needs
+    besides the image. Planning reads only the region tree, so a DDP rank can follow a step's draws without
+    decoding the images of the other ranks."""
+    box_a: tuple
+    box_b: tuple
+    flip_a: bool
+    flip_b: bool
+    pts: np.ndarray          # (R, 1 + P + N, 2) pixel centres (x, y) in the image
+    jitter_a: tuple | None
+    jitter_b: tuple | None
 
-    ``dist``: the (n_leaves, n_leaves) d_T to use (``region_distances``); default the raw UCM heights."""
-    h, w = rgb.shape[:2]
+
+def plan_sample(tree, rng: np.random.Generator, n_regions: int = 7, n_pos: int = 10, n_neg: int = 5,
+                sigma_p: float = 0.8, jitter: float = 0.4, dist: np.ndarray | None = None) -> Plan | None:
+    """The draws of :func:`sample_image` for an image of ``tree.leaf_labels``' size (None: no usable view pair)."""
+    h, w = tree.leaf_labels.shape
     box_a = _random_box(rng, h, w)
     box_b = _jitter_box(rng, box_a, h, w)
     flip_a, flip_b = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
@@ -223,10 +241,28 @@ def sample_image(rgb: np.ndarray, tree, rng: np.random.Generator, size: int = 22
         pos_r = rng.choice(len(present), size=n_pos, p=p_pos)
         neg_r = rng.choice(len(present), size=n_neg, p=p_neg)
         pts.append(np.concatenate([pick(a, 1)] + [pick(r, 1) for r in pos_r] + [pick(r, 1) for r in neg_r]))
-    pts = np.stack(pts)  # (R, 1 + P + N, 2)
-    return Sample(_view(rgb, box_a, flip_a, size, rng, jitter), _view(rgb, box_b, flip_b, size, rng, jitter),
-                  torch.from_numpy(_to_grid(pts, box_a, flip_a)).float(),
-                  torch.from_numpy(_to_grid(pts, box_b, flip_b)).float())
+    jit_a = _jitter_factors(rng, jitter)
+    jit_b = _jitter_factors(rng, jitter)
+    return Plan(box_a, box_b, flip_a, flip_b, np.stack(pts), jit_a, jit_b)
+
+
+def render(rgb: np.ndarray, plan: Plan, size: int = 224) -> Sample:
+    """The two views of ``plan`` cut from ``rgb`` and the grids of its pixel pairs in each."""
+    return Sample(_view(rgb, plan.box_a, plan.flip_a, size, plan.jitter_a),
+                  _view(rgb, plan.box_b, plan.flip_b, size, plan.jitter_b),
+                  torch.from_numpy(_to_grid(plan.pts, plan.box_a, plan.flip_a)).float(),
+                  torch.from_numpy(_to_grid(plan.pts, plan.box_b, plan.flip_b)).float())
+
+
+def sample_image(rgb: np.ndarray, tree, rng: np.random.Generator, size: int = 224, n_regions: int = 7,
+                 n_pos: int = 10, n_neg: int = 5, sigma_p: float = 0.8, jitter: float = 0.4,
+                 dist: np.ndarray | None = None) -> Sample | None:
+    """Two augmented views of one image and the pixel pairs of Eq. 2/3 drawn from its region tree
+    (:func:`plan_sample` then :func:`render`).
+
+    ``dist``: the (n_leaves, n_leaves) d_T to use (``region_distances``); default the raw UCM heights."""
+    plan = plan_sample(tree, rng, n_regions, n_pos, n_neg, sigma_p, jitter, dist)
+    return None if plan is None else render(rgb, plan, size)
 
 
 def _gather(feat: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -251,7 +287,7 @@ def hierarchy_contrastive_loss(fa: torch.Tensor, fb: torch.Tensor, grid_a: torch
         K = pool.shape[1]
         other = (torch.arange(B)[:, None, None] + torch.randint(1, B, (B, R, cns), generator=generator)) % B
         idx = torch.randint(0, K, (B, R, cns), generator=generator)
-        neg = torch.cat([neg, pool[other, idx]], 2)
+        neg = torch.cat([neg, pool[other.to(pool.device), idx.to(pool.device)]], 2)
     s_pos = (anchor[:, :, None] * pos).sum(-1) / temperature         # (B, R, P+)
     s_neg = (anchor[:, :, None] * neg).sum(-1) / temperature         # (B, R, N+)
     lse_neg = torch.logsumexp(s_neg, -1, keepdim=True)
@@ -266,11 +302,11 @@ def embed_image(net: PixelEmbeddingNet, rgb: np.ndarray, max_side: int = 320) ->
     """(H', W', D) embedding of an image resized so that its longer side is ``max_side``."""
     h, w = rgb.shape[:2]
     s = max_side / max(h, w)
-    x = normalize(rgb)[None]
+    x = normalize(rgb)[None].to(next(net.parameters(), torch.zeros(0)).device)
     if s != 1:
         x = F.interpolate(x, size=(max(int(h * s), 32), max(int(w * s), 32)), mode="bilinear", align_corners=False)
     f = F.normalize(net(x), dim=1)[0]
-    return f.permute(1, 2, 0).numpy()
+    return f.permute(1, 2, 0).cpu().numpy()
 
 
 def kmeans_segments(emb: np.ndarray, shape: tuple[int, int], k: int, seed: int = 0) -> np.ndarray:
@@ -285,6 +321,138 @@ def kmeans_segments(emb: np.ndarray, shape: tuple[int, int], k: int, seed: int =
     return lab[np.ix_(yi, xi)] + 1
 
 
+# ------------------------------------------------------------------------------------------------ training data
+
+class ImageList:
+    """In-RAM training images: (RGB, region tree) pairs (small sets, tests, benchmarks), with the interface of
+    :class:`TreeImages` (``rgb(j)``, ``tree(j)`` -> (tree, d_T), ``name(j)``, ``fingerprint()``)."""
+
+    def __init__(self, data: list[tuple[np.ndarray, object]], distance_norm: str = "raw"):
+        self.data = list(data)
+        self.dists = [region_distances(tree, distance_norm) for _, tree in self.data]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def rgb(self, j: int) -> np.ndarray:
+        return self.data[j][0]
+
+    def tree(self, j: int):
+        return self.data[j][1], self.dists[j]
+
+    def name(self, j: int) -> str:
+        return f"training image {j}"
+
+    def fingerprint(self) -> list:
+        return [[int(t.n_leaves), round(float(t.altitudes.sum()), 6), list(im.shape)] for im, t in self.data]
+
+
+class TreeImages(torch.utils.data.Dataset):
+    """The training images of a `longtail ucm` folder (``index.json``), read per item: ``self[j]`` decodes image
+    j and its region tree (cut to ``max_regions`` finest regions) -> (RGB, tree, d_T). Nothing is kept between
+    items: memory is one image's, whatever the number of images."""
+
+    def __init__(self, trees_dir: str | os.PathLike, max_regions: int, min_size: int = 32,
+                 distance_norm: str = "raw"):
+        from longtail.hierarchy.process import load_index
+
+        self.dir = Path(trees_dir)
+        self.entries = load_index(self.dir, "region tree")
+        self.max_regions, self.min_size, self.norm = int(max_regions or 0), int(min_size), distance_norm
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def rgb(self, j: int) -> np.ndarray:
+        from longtail.hierarchy.images import load_rgb
+
+        return load_rgb(self.entries[j]["image"], self.min_size)
+
+    def tree(self, j: int):
+        from longtail.hierarchy.tree import load_region_tree
+        from longtail.hierarchy.ucm import rebuild
+
+        tree = load_region_tree(self.dir / self.entries[j]["tree"])
+        if self.max_regions and tree.n_leaves > self.max_regions:
+            tree = rebuild(tree, tree.cut_regions(self.max_regions))
+        return tree, region_distances(tree, self.norm)
+
+    def name(self, j: int) -> str:
+        return f"{self.dir / self.entries[j]['tree']} (image {self.entries[j]['image']})"
+
+    def __getitem__(self, j: int):
+        rgb, (tree, dist) = self.rgb(j), self.tree(j)
+        check_sizes(self, j, rgb, tree)
+        return rgb, tree, dist
+
+    def fingerprint(self) -> list:
+        """The image and tree files trained on (with the trees' sizes: a recomputed tree changes the key)."""
+        def size(e):
+            f = self.dir / e["tree"]
+            return f.stat().st_size if f.exists() else None
+
+        return [[e["image"], e["tree"], size(e)] for e in self.entries]
+
+
+def check_sizes(images, j: int, rgb: np.ndarray, tree) -> None:
+    if rgb.shape[:2] != tree.leaf_labels.shape:
+        raise LongtailError(f"{images.name(j)}: the region tree is {tree.leaf_labels.shape} but the image is "
+                            f"{rgb.shape[:2]}; rerun `longtail ucm` on these images")
+
+
+class PixelSteps(torch.utils.data.Dataset):
+    """Item ``step`` = this rank's share of that training step, cut from the images it draws.
+
+    The draws are those of the in-RAM loop before the streaming path (so its results are unchanged):
+    ``rng = default_rng([seed, step])`` picks an image, plans a sample on its region tree (:func:`plan_sample`;
+    an unusable view pair draws another image) until the step has ``batch_size`` samples. Under DDP every rank
+    follows the same draws on the trees alone and decodes and renders only the samples ``rank::world`` (the
+    global batch is kept; a step with fewer samples than ranks repeats some). Memory per item: the step's
+    trees and this rank's images."""
+
+    def __init__(self, images, cfg: dict, seed: int, rank: int = 0, world: int = 1):
+        self.images, self.cfg, self.seed, self.rank, self.world = images, cfg, int(seed), int(rank), int(world)
+
+    def __len__(self) -> int:
+        return int(self.cfg["steps"])
+
+    def plans(self, step: int) -> tuple[list, dict]:
+        """The step's (image, :class:`Plan`) list in draw order and its trees (image -> (tree, d_T))."""
+        c = self.cfg
+        rng = np.random.default_rng([self.seed, step])
+        trees: dict = {}
+        out: list = []
+        misses = 0
+        while len(out) < c["batch_size"]:
+            j = int(rng.integers(len(self.images)))
+            if j not in trees:
+                trees[j] = self.images.tree(j)
+            tree, dist = trees[j]
+            plan = plan_sample(tree, rng, n_regions=c["regions_per_image"], n_pos=c["positives"],
+                               n_neg=c["negatives"], sigma_p=c["sigma_p"], jitter=c["color_jitter"], dist=dist)
+            if plan is not None:
+                out.append((j, plan))
+                misses = 0
+            elif (misses := misses + 1) > 1000:
+                raise LongtailError("train-pixel-embedding: 1000 draws in a row without two regions in the views; "
+                                    "the region trees are (nearly) single-region - check `longtail ucm`'s output")
+        return out, trees
+
+    def __getitem__(self, step: int) -> dict:
+        plans, trees = self.plans(step)
+        if len(plans) < self.world:
+            plans = (plans * self.world)[:self.world]
+        rgbs: dict[int, np.ndarray] = {}
+        samples = []
+        for j, plan in plans[self.rank::self.world]:
+            if j not in rgbs:
+                rgbs[j] = self.images.rgb(j)
+                check_sizes(self.images, j, rgbs[j], trees[j][0])
+            samples.append(render(rgbs[j], plan, self.cfg["crop_size"]))
+        return {"step": step, **{k: torch.stack([getattr(b, k) for b in samples])
+                                 for k in ("view_a", "view_b", "grid_a", "grid_b")}}
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 def save_checkpoint(path, net, opt, step, config, losses) -> None:
@@ -296,76 +464,108 @@ def save_checkpoint(path, net, opt, step, config, losses) -> None:
                     "config": config, "losses": losses}, tmp)
 
 
-def train_pixel_embedding(data: list[tuple[np.ndarray, object]], cfg: dict, ckpt_path: str | os.PathLike,
-                          seed: int = 0, on_step=None, progress: bool = True) -> tuple[PixelEmbeddingNet, list]:
-    """Train from random init on (RGB image, RegionTree capped at ``max_regions``) pairs.
+def train_pixel_embedding(data, cfg: dict, ckpt_path: str | os.PathLike, seed: int = 0, on_step=None,
+                          progress: bool = True, device: str | torch.device | None = None,
+                          num_workers: int = 0) -> tuple[PixelEmbeddingNet, list]:
+    """Train from random init on ``data``: a :class:`TreeImages` (read per item: the stage) or a list of
+    (RGB image, RegionTree capped at ``max_regions``) pairs (in RAM). Both give the same steps.
 
-    Resumes from ``ckpt_path`` if it exists (written every ``checkpoint_interval`` steps and at the end).
-    ``on_step(step, loss)`` is called after every step. Returns the network and the loss per step.
+    A ``DataLoader`` with ``num_workers`` worker processes prepares the steps (:class:`PixelSteps`); the network
+    runs on ``device``. Under an initialised process group (torchrun) the network is wrapped in DDP (gloo on the
+    CPU, nccl on GPUs), each rank computes its share of every step's samples, the loss logged is the mean over
+    the ranks, and only rank 0 writes the checkpoint. Resumes from ``ckpt_path`` if it exists (written every
+    ``checkpoint_interval`` steps, at the end, and on SIGUSR1 / SIGTERM, after which the run stops with
+    :class:`~longtail.embedding.train.Preempted`). ``on_step(step, loss)`` is called after every step. Returns
+    the network (eval mode, on ``device``) and the loss per step.
     """
+    import signal
+    import warnings
+
+    import torch.distributed as dist
     from tqdm import tqdm
 
-    if not data:
+    from longtail.common.params import params_hash
+    from longtail.embedding.dataset import worker_init
+    from longtail.embedding.train import Preempted, _Signals, _world
+
+    images = data if isinstance(data, TreeImages) else ImageList(data, cfg.get("distance_norm", "raw"))
+    if len(images) == 0:
         raise LongtailError("train-pixel-embedding: no training images with region trees")
+    rank, world = _world()
+    device = torch.device(device or "cpu")
     torch.manual_seed(seed)
-    net = PixelEmbeddingNet(dim=cfg["dim"], proj=cfg["proj"])
+    net = PixelEmbeddingNet(dim=cfg["dim"], proj=cfg["proj"]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
     milestones = [int(m * cfg["steps"]) for m in cfg["lr_decay_at"]]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
-    from longtail.common.params import params_hash
 
     start, losses = 0, []
     ckpt_path = Path(ckpt_path)
-    # resume only a run of the same settings and training trees (steps / checkpoint_interval may change)
-    trees = [[int(t.n_leaves), round(float(t.altitudes.sum()), 6), list(im.shape)] for im, t in data]
-    key = params_hash([seed, trees, {k: v for k, v in cfg.items() if k not in ("steps", "checkpoint_interval",
-                                                                              "eval_images", "eval_k")}])
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    # resume only a run of the same settings, training trees and world size (steps / checkpoint_interval may change)
+    key = params_hash([seed, images.fingerprint(), {k: v for k, v in cfg.items() if k not in (
+        "steps", "checkpoint_interval", "eval_images", "eval_k")}] + ([world] if world > 1 else []))
+    ck = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
     if ck is not None and ck.get("config", {}).get("key") == key and int(ck["step"]) <= cfg["steps"]:
         net.load_state_dict(ck["state_dict"])
         if ck.get("optimizer"):
             opt.load_state_dict(ck["optimizer"])
         start, losses = int(ck["step"]), list(ck.get("losses", []))
-        import warnings
-
+        for g in opt.param_groups:       # the saved lr is already decayed: replay the schedule from the start
+            g["lr"] = g.get("initial_lr", cfg["lr"])
         with warnings.catch_warnings():  # fast-forward the schedule to the resumed step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start):
                 sched.step()
-    net.train()
-    norm = cfg.get("distance_norm", "raw")
-    dists = [region_distances(tree, norm) for _, tree in data]
     config = {"dim": cfg["dim"], "proj": cfg["proj"], "key": key}
-    for step in tqdm(range(start, cfg["steps"]), desc="train-pixel-embedding", disable=not progress,
-                     initial=start, total=cfg["steps"]):
-        rng = np.random.default_rng([seed, step])
-        gen = torch.Generator().manual_seed(seed * 100003 + step)
-        batch = []
-        while len(batch) < cfg["batch_size"]:
-            j = int(rng.integers(len(data)))
-            rgb, tree = data[j]
-            s = sample_image(rgb, tree, rng, size=cfg["crop_size"], n_regions=cfg["regions_per_image"],
-                             n_pos=cfg["positives"], n_neg=cfg["negatives"], sigma_p=cfg["sigma_p"],
-                             jitter=cfg["color_jitter"], dist=dists[j])
-            if s is not None:
-                batch.append(s)
-        va = torch.stack([b.view_a for b in batch])
-        vb = torch.stack([b.view_b for b in batch])
-        f = net(torch.cat([va, vb]))
-        fa, fb = f[:len(batch)], f[len(batch):]
-        loss = hierarchy_contrastive_loss(fa, fb, torch.stack([b.grid_a for b in batch]),
-                                          torch.stack([b.grid_b for b in batch]), n_pos=cfg["positives"],
-                                          cns=cfg["cns"], temperature=cfg["temperature"], generator=gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if on_step:
-            on_step(step, losses[-1])
-        if (step + 1) % cfg["checkpoint_interval"] == 0 and step + 1 < cfg["steps"]:
-            save_checkpoint(ckpt_path, net, opt, step + 1, config, losses)
-    save_checkpoint(ckpt_path, net, opt, cfg["steps"], config, losses)
+
+    def save(step: int) -> None:
+        if rank == 0:
+            save_checkpoint(ckpt_path, net, opt, step, config, losses)
+
+    model = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    loader = torch.utils.data.DataLoader(
+        PixelSteps(images, cfg, seed, rank, world), batch_size=None, sampler=range(start, cfg["steps"]),
+        num_workers=int(num_workers), worker_init_fn=worker_init if num_workers else None,
+        pin_memory=device.type == "cuda")
+    net.train()
+    bar = tqdm(total=cfg["steps"], initial=start, desc="train-pixel-embedding", disable=not progress or rank != 0)
+    with _Signals() as sig:
+        for batch in loader:
+            step = batch["step"]
+            gen = torch.Generator().manual_seed(seed * 100003 + step)
+            va, vb = batch["view_a"].to(device, non_blocking=True), batch["view_b"].to(device, non_blocking=True)
+            f = model(torch.cat([va, vb]))
+            n = len(va)
+            loss = hierarchy_contrastive_loss(f[:n], f[n:], batch["grid_a"].to(device), batch["grid_b"].to(device),
+                                              n_pos=cfg["positives"], cns=cfg["cns"],
+                                              temperature=cfg["temperature"], generator=gen)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            value, stop = loss.item(), sig.received is not None
+            if world > 1:                            # the loss: mean over the ranks; stop: any rank signalled
+                vec = torch.tensor([value, float(stop)], dtype=torch.float64, device=device)
+                dist.all_reduce(vec)
+                value, stop = float(vec[0]) / world, bool(vec[1] > 0)
+            losses.append(value)
+            if on_step:
+                on_step(step, value)
+            bar.update(1)
+            if stop or ((step + 1) % cfg["checkpoint_interval"] == 0 and step + 1 < cfg["steps"]):
+                save(step + 1)
+            if stop and step + 1 < cfg["steps"]:
+                if world > 1:
+                    dist.barrier()                   # rank 0's checkpoint is on disk before any rank exits
+                name = signal.Signals(sig.received).name if sig.received else "a signal on another rank"
+                raise Preempted(f"train-pixel-embedding: stopped by {name} after step {step + 1}/{cfg['steps']}; "
+                                f"the checkpoint {ckpt_path} was saved - rerun the same command to resume from it.")
+    bar.close()
+    save(cfg["steps"])
+    if world > 1:
+        dist.barrier()
     return net.eval(), losses
 
 

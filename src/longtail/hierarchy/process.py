@@ -90,18 +90,12 @@ def load_index(folder: str | os.PathLike, what: str) -> list[dict]:
 
 
 def load_training_set(trees_dir: str | os.PathLike, max_regions: int, min_size: int) -> list:
-    """(RGB image, region tree cut to at most ``max_regions`` leaves) of every image of a `longtail ucm` folder:
-    the training data of the pixel embedding."""
+    """(RGB image, region tree cut to at most ``max_regions`` leaves) of every image of a `longtail ucm` folder,
+    all in RAM (small sets, benchmarks); the stage reads them per item
+    (:class:`~longtail.hierarchy.pixel_embedding.TreeImages`)."""
     from tqdm import tqdm
 
-    from longtail.hierarchy.tree import load_region_tree
-    from longtail.hierarchy.ucm import rebuild
+    from longtail.hierarchy.pixel_embedding import TreeImages
 
-    trees_dir = Path(trees_dir)
-    data = []
-    for r in tqdm(load_index(trees_dir, "region tree"), desc="load trees"):
-        tree = load_region_tree(trees_dir / r["tree"])
-        if max_regions and tree.n_leaves > max_regions:
-            tree = rebuild(tree, tree.cut_regions(max_regions))
-        data.append((load_rgb(r["image"], min_size), tree))
-    return data
+    ds = TreeImages(trees_dir, max_regions, min_size)
+    return [ds[j][:2] for j in tqdm(range(len(ds)), desc="load trees")]
