@@ -162,8 +162,9 @@ def test_train_freesolo_then_propose(tmp_path):
 
 @pytest.mark.slow
 def test_freesolo_round_resumes_from_its_checkpoint(tmp_path):
-    """A round interrupted after its iteration-2 checkpoint resumes from it (mmengine's checkpoints unpickled in
-    full under torch >= 2.6, the shared runner's own_checkpoints): the rerun starts at 2 and ends at 3."""
+    """Round 0 and the self-training round 1 (initialised from round 0's model.pth) train 2 iterations; rerun
+    with 3, each round resumes from its own iteration-2 checkpoint (mmengine's checkpoints unpickled in full under
+    torch >= 2.6, the shared runner's own_checkpoints), not from round 0's weights."""
     from longtail.cli import main
 
     ds, pseudo, _ = _gt_pseudo_masks(tmp_path)
@@ -171,7 +172,8 @@ def test_freesolo_round_resumes_from_its_checkpoint(tmp_path):
     sets = ["annotation_free.freesolo.train.scale=[160,160]", "annotation_free.freesolo.train.batch_size=1",
             "annotation_free.freesolo.train.checkpoint_interval=1", "annotation_free.freesolo.train.warmup_iters=1",
             "annotation_free.freesolo.weak_loss.pairwise_warmup_iters=1", "annotation_free.freesolo.init=random",
-            "annotation_free.freesolo.self_training_rounds=0"]
+            "annotation_free.freesolo.self_training_rounds=1", "annotation_free.freesolo.self_training_score_thr=0.0",
+            "annotation_free.freesolo.pre_nms=20"]
 
     def train(max_iters):
         argv = ["train-freesolo", "--dataset", str(ds), "--pseudo", str(pseudo), "--work-dir", str(work)]
@@ -180,10 +182,11 @@ def test_freesolo_round_resumes_from_its_checkpoint(tmp_path):
         return main(argv)
 
     assert train(2) == 0
-    first = json.loads((work / "metrics.json").read_text())["rounds"][0]
-    assert first["start_iter"] == 0 and first["iterations"] == 2
-    assert (work / "round0" / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
-    assert train(3) == 0                                    # same work dir, one more iteration
-    again = json.loads((work / "metrics.json").read_text())["rounds"][0]
-    assert again["start_iter"] == 2 and again["iterations"] == 3
-    assert (work / "round0" / "iter_3.pth").exists()
+    first = json.loads((work / "metrics.json").read_text())["rounds"]
+    assert [(r["start_iter"], r["iterations"]) for r in first] == [(0, 2), (0, 2)]
+    for r in ("round0", "round1"):
+        assert (work / r / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
+    assert train(3) == 0                                    # same work dir, one more iteration per round
+    again = json.loads((work / "metrics.json").read_text())["rounds"]
+    assert [(r["start_iter"], r["iterations"]) for r in again] == [(2, 3), (2, 3)]
+    assert (work / "round0" / "iter_3.pth").exists() and (work / "round1" / "iter_3.pth").exists()

@@ -266,14 +266,19 @@ def make_preemption_hook():
 
 def run_mmengine(cfg, work_dir: str | Path, run, log_interval: int, *, cfg_file: str, gpus: int = 0,
                  what: str = "training") -> tuple[Any, Any]:
-    """Build mmengine's Runner from ``cfg`` (resuming from ``work_dir``'s last checkpoint), register the MLflow and
-    preemption hooks, train; returns ``(runner, mlflow_hook)``. ``gpus``: GPUs the params ask for (0 = CPU);
+    """Build mmengine's Runner from ``cfg``, register the MLflow and preemption hooks, train; returns
+    ``(runner, mlflow_hook)``. A work dir with a ``last_checkpoint`` resumes from it; otherwise ``cfg.load_from``
+    (if set: e.g. the previous FreeSOLO round's ``model.pth``) initialises the weights of a new run. ``gpus``: GPUs the params ask for (0 = CPU);
     the launcher and the world come from the environment (torchrun / srun), see :func:`launcher_from_env`."""
     from mmengine.runner import Runner
 
     work_dir = Path(work_dir)
     cfg.work_dir = str(work_dir.resolve())
-    cfg.resume = True
+    if cfg.get("load_from") and not (work_dir / "last_checkpoint").exists():
+        cfg.resume = False       # a new run initialised from these weights (mmengine's resume=True would "resume"
+    else:                        # from them and fail: a model.pth has no optimizer / message hub)
+        cfg.load_from = None
+        cfg.resume = True        # from the work dir's last checkpoint, if any
     launcher = launcher_from_env()
     device = training_device(gpus, what)
     apply_launch(cfg, launcher, device)
