@@ -8,6 +8,10 @@
   the git commit and the md5 of ``data.dvc``.
 * Experiment: ``tracking.experiment`` of params.yaml; ``$LONGTAIL_EXPERIMENT`` overrides it (tests).
 * ``LONGTAIL_MLFLOW=0`` turns tracking off (metrics files are still written).
+* Per-step metrics (``log_metrics(..., step=s)``) are buffered and sent with ``MlflowClient.log_batch`` every
+  ``StageRun.FLUSH_STEPS`` steps or ``FLUSH_SECONDS`` seconds, before any step-less metric and when the stage
+  ends (also when it fails): one request per batch instead of one per step, which an ``mlflow server`` shared
+  by many jobs needs at scale (docs/slurm.md).
 """
 
 from __future__ import annotations
@@ -129,9 +133,16 @@ def _parent_run_id(client, exp_id: str, params: dict | None) -> str:
 class StageRun:
     """Handle passed to a stage: log metrics (also to the DVC metrics file), step curves, artifacts."""
 
+    FLUSH_STEPS = 50           # steps buffered before a log_batch
+    FLUSH_SECONDS = 30.0       # ... or seconds since the last one
+    BATCH_MAX = 1000           # metrics per log_batch request (MLflow's limit)
+
     def __init__(self, stage: str, run_id: str | None):
         self.stage = stage
         self.run_id = run_id
+        self._buffer: list = []
+        self._buffered_steps: set = set()
+        self._last_flush = time.time()
 
     @property
     def active(self) -> bool:
@@ -143,8 +154,31 @@ class StageRun:
         import mlflow
 
         flat = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and v == v}
-        if flat:
-            mlflow.log_metrics(flat, step=step)
+        if not flat:
+            return
+        if step is None:
+            self.flush()                   # keep the order of the curves and the final numbers
+            mlflow.log_metrics(flat)
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, v, ts, int(step)) for k, v in flat.items())
+        self._buffered_steps.add(int(step))
+        if len(self._buffered_steps) >= self.FLUSH_STEPS or time.time() - self._last_flush >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered per-step metrics (``MlflowClient.log_batch``, at most BATCH_MAX per request)."""
+        self._last_flush = time.time()
+        if not self.active or not self._buffer:
+            return
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri())
+        buf, self._buffer, self._buffered_steps = self._buffer, [], set()
+        for i in range(0, len(buf), self.BATCH_MAX):
+            client.log_batch(self.run_id, metrics=buf[i:i + self.BATCH_MAX])
 
     def write_metrics(self, path: str | Path, metrics: dict[str, Any]) -> Path:
         """The DVC metrics file (JSON, atomic) and the same numbers in MLflow (rank 0 of a training world only)."""
@@ -200,7 +234,10 @@ def stage_run(stage: str, params: dict | None = None, all_params: dict | None = 
         try:
             yield handle
         except BaseException:
+            with contextlib.suppress(Exception):   # the curve up to the failure (e.g. a preempted training)
+                handle.flush()
             mlflow.set_tag("longtail.status", "failed")
             mlflow.end_run(status="FAILED")
             raise
+        handle.flush()
         mlflow.log_metric("stage_seconds", time.time() - t0)
