@@ -221,3 +221,42 @@ def test_sigkill_during_sharded_propose_leaves_no_shard_and_resumes(prepared, tm
     assert main(["gather-proposals", "--proposals", str(out)]) == 0
     assert read_proposals(out)[1] == read_proposals(ref)[1]
     assert not list((out / "shards").glob("*.part*"))
+
+
+@pytest.mark.slow
+def test_hierarchy_shards_equal_unsharded(tmp_path, capsys):
+    """edges / ucm --shard i/2 + gather-hierarchy = the unsharded folders (batch_size 1: the same forward passes);
+    a finished shard is not recomputed; gather names a missing shard."""
+    import numpy as np
+
+    src = "data/bsds500/images/val"
+    sets = ["--set", "hierarchy.edges.max_images=3", "--set", "hierarchy.edges.batch_size=1"]
+    m = str(tmp_path / "m.json")
+    assert main(["edges", "--source", src, "--out-dir", str(tmp_path / "e1"), "--metrics", m, *sets]) == 0
+    for i in (1, 2):
+        assert main(["edges", "--source", src, "--out-dir", str(tmp_path / "e2"), "--metrics", m, "--shard",
+                     f"{i}/2", *sets]) == 0
+    assert not (tmp_path / "e2" / "index.json").exists()
+    assert main(["gather-hierarchy", "--dir", str(tmp_path / "e2")]) == 0
+    assert main(["ucm", "--edges", str(tmp_path / "e1"), "--out-dir", str(tmp_path / "u1"), "--metrics", m]) == 0
+    assert main(["ucm", "--edges", str(tmp_path / "e2"), "--out-dir", str(tmp_path / "u2"), "--metrics", m,
+                 "--shard", "2-of-2"]) == 0
+    assert main(["gather-hierarchy", "--dir", str(tmp_path / "u2"), "--shards", "2"]) == 2
+    assert "1-of-2.json" in capsys.readouterr().err
+    assert main(["ucm", "--edges", str(tmp_path / "e2"), "--out-dir", str(tmp_path / "u2"), "--metrics", m,
+                 "--shard", "1/2"]) == 0
+    before = (tmp_path / "u2" / "shards" / "1-of-2.json").stat().st_mtime_ns
+    assert main(["ucm", "--edges", str(tmp_path / "e2"), "--out-dir", str(tmp_path / "u2"), "--metrics", m,
+                 "--shard", "1/2"]) == 0
+    assert (tmp_path / "u2" / "shards" / "1-of-2.json").stat().st_mtime_ns == before      # not recomputed
+    assert main(["gather-hierarchy", "--dir", str(tmp_path / "u2")]) == 0
+    for a, b, col in (("e1", "e2", "edges"), ("u1", "u2", "tree")):
+        ia, ib = (json.loads((tmp_path / d / "index.json").read_text())["images"] for d in (a, b))
+        assert [r["key"] for r in ia] == [r["key"] for r in ib] and len(ia) == 3
+        s1 = json.loads((tmp_path / b / "shards" / "1-of-2.json").read_text())["images"]
+        assert [r["key"] for r in s1] == [r["key"] for r in ia][0::2]
+        for r in ia:
+            za, zb = np.load(tmp_path / a / r[col]), np.load(tmp_path / b / r[col])
+            assert sorted(za.files) == sorted(zb.files)
+            for k in za.files:
+                np.testing.assert_array_equal(za[k], zb[k])

@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from longtail.cli import add_params_args
-from longtail.common import LongtailError, atomic_dir, atomic_path, write_json
+from longtail.common import LongtailError, atomic_path, write_json
 from longtail.common.runtime import select_device, set_threads
+from longtail.common.shards import parse_shard, select_shard, shard_name
+from longtail.hierarchy import shards as hshards
 from longtail.common.verb import stage_verb
 
 log = logging.getLogger(__name__)
+SHARD_HELP = ("i/N (or i-of-N, 1-based): only shard i of N of the images sorted by key (every N-th from the "
+              "(i-1)-th), written into --out-dir with shards/i-of-N.json; then `longtail gather-hierarchy`")
 
 
 def register(sub) -> None:
@@ -23,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--source", required=True, help="COCO JSON (file_name relative to the repo root) or image folder")
     p.add_argument("--out-dir", required=True, help="one <image>.npz per image + index.json")
     p.add_argument("--metrics", required=True, help="metrics JSON (n_images, seconds_per_image)")
+    p.add_argument("--shard", default=None, help=SHARD_HELP)
     p.set_defaults(func=run_edges)
 
     p = sub.add_parser("ucm", help="OWT-UCM region trees (ucm2 + parents/altitudes/finest labels) from edge maps")
@@ -31,7 +36,14 @@ def register(sub) -> None:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--metrics", required=True, help="metrics JSON (n_images, mean_leaves, seconds_per_image)")
     p.add_argument("--figure", default=None, help="PNG: image | edges | UCM | regions at three levels")
+    p.add_argument("--shard", default=None, help=SHARD_HELP)
     p.set_defaults(func=run_ucm)
+
+    p = sub.add_parser("gather-hierarchy", help="index.json of an edges / ucm folder from its N finished shards")
+    add_params_args(p)
+    p.add_argument("--dir", required=True, help="the --out-dir of the sharded `longtail edges` / `longtail ucm`")
+    p.add_argument("--shards", type=int, default=None, help="N (default: the one N whose shards are present)")
+    p.set_defaults(func=run_gather)
 
     p = sub.add_parser("bsds", help="BSDS500 boundary (ODS/OIS/AP) and region (covering/PRI/VI) benchmark")
     add_params_args(p)
@@ -68,19 +80,24 @@ def run_edges(args, params, cfg, run) -> int:
         raise LongtailError(f"--source {src} not found (a COCO JSON or an image folder)")
     items = list_images(coco=src if src.is_file() else None, images=src if src.is_dir() else None,
                         max_images=ec["max_images"])
+    out, shard = Path(args.out_dir), _shard(args)
+    if shard:
+        items = select_shard(items, shard, key=lambda it: it.key)
+        if hshards.finished(out, shard):
+            log.info("edges: shard %s already finished in %s; not recomputed", shard_name(shard), out)
+            return 0
     set_threads()
     dev = str(select_device(cfg["device"], "edges"))
     model = load_hed(ec["weights"], dev, channels_last=True)
-    out = Path(args.out_dir)
     index, t0 = [], time.time()
-    with atomic_dir(out) as tmp:
+    with hshards.output_folder(out, shard) as (tmp, index_file):
         it = iter_edges(model, items, ec["batch_size"], dev, tuple(ec["scales"]), cfg["min_image_size"])
         for item, e in tqdm(it, total=len(items), desc=f"edges {src.name}"):
             save_record(tmp / f"{item.key}.npz", **edge_record(e))
             index.append({"key": item.key, "image": str(item.path), "image_id": item.image_id,
                           "edges": f"{item.key}.npz", "height": e.shape[0], "width": e.shape[1]})
         index.sort(key=lambda r: r["key"])
-        write_json(tmp / "index.json", {"source": str(src), "images": index})
+        write_json(index_file, {"source": str(src), "images": index})
         metrics = {"n_images": len(index), "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
     run.write_metrics(args.metrics, metrics)
     print(f"edges: {len(index)} images -> {out} ({metrics['seconds_per_image']:.2f} s/image)")
@@ -100,9 +117,14 @@ def run_ucm(args, params, cfg, run) -> int:
     uc = cfg["ucm"]
     edir = Path(args.edges)
     entries = load_index(edir, "edge map")
-    out = Path(args.out_dir)
+    out, shard = Path(args.out_dir), _shard(args)
+    if shard:
+        entries = select_shard(entries, shard, key=lambda r: r["key"])
+        if hshards.finished(out, shard):
+            log.info("ucm: shard %s already finished in %s; not recomputed", shard_name(shard), out)
+            return 0
     index, leaves, t0, fig_rows = [], [], time.time(), []
-    with atomic_dir(out) as tmp:
+    with hshards.output_folder(out, shard) as (tmp, index_file):
         for r in tqdm(entries, desc=f"ucm {edir.name}"):
             rec = load_edges(edir / r["edges"])
             tree = tree_from_edges(rec, uc["max_leaves"], uc["use_orientation"], uc["boundary"],
@@ -113,7 +135,7 @@ def run_ucm(args, params, cfg, run) -> int:
                           "tree": f"{r['key']}.npz", "n_leaves": tree.n_leaves})
             if args.figure and len(fig_rows) < cfg["figures"]["n_images"]:
                 fig_rows.append((Path(r["image"]).name, load_rgb(r["image"], 1), rec["edges"], tree))
-        write_json(tmp / "index.json", {"edges": str(edir), "images": index})
+        write_json(index_file, {"edges": str(edir), "images": index})
         metrics = {"n_images": len(index), "mean_leaves": float(np.mean(leaves)) if leaves else 0.0,
                    "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
     run.write_metrics(args.metrics, metrics)
@@ -123,6 +145,18 @@ def run_ucm(args, params, cfg, run) -> int:
         hierarchy_grid(fig_rows, cfg["figures"]["levels"], args.figure)
         run.log_artifact(args.figure)
     print(f"ucm: {len(index)} trees -> {out} (mean {metrics['mean_leaves']:.0f} leaves)")
+    return 0
+
+
+def _shard(args) -> tuple[int, int] | None:
+    return parse_shard(args.shard) if args.shard else None
+
+
+@stage_verb("gather-hierarchy", "hierarchy")
+def run_gather(args, params, cfg, run) -> int:
+    index = hshards.gather(args.dir, args.shards)
+    run.log_metrics({"n_images": len(index["images"]), "shards": index["num_shards"]})
+    print(f"gather: {index['num_shards']} shards, {len(index['images'])} images -> {Path(args.dir) / 'index.json'}")
     return 0
 
 
