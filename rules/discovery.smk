@@ -6,6 +6,11 @@
 DISC = config["discovery"]
 
 
+# GPUs of a cluster / evaluate job: discovery.gpu when discovery.device is cuda (a CPU-configured stage asks for
+# none; a cuda one on a node without a GPU falls back to the CPU with a warning: longtail.common.runtime)
+DISC_GPU = int(DISC["gpu"]) if str(DISC["device"]).startswith("cuda") else 0
+
+
 rule cluster:
     input:
         embeddings=rules.embed.output.embeddings,
@@ -23,7 +28,7 @@ rule cluster:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=DISC["gpu"],
+        gpu=DISC_GPU,
     conda:
         "../envs/discovery.yaml"
     log:
@@ -52,6 +57,7 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=DISC_GPU,  # the random-baseline k-means runs on discovery.device too
     conda:
         "../envs/discovery.yaml"
     log:

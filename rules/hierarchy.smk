@@ -143,6 +143,7 @@ rule train_pixel_embedding:
         metrics=f"{HIER}/metrics/pixel_embedding.json",
     params:
         reads=config_keys("seed", "hierarchy"),
+        launch=longtail_launch,  # gpu > 1 (slurm profile): torchrun, DDP over the job's GPUs
     threads: 2
     resources:
         mem_mb=8000,
@@ -153,7 +154,7 @@ rule train_pixel_embedding:
     log:
         "results/logs/train_pixel_embedding.log",
     shell:
-        "longtail train-pixel-embedding --trees {input.trees} --eval-images {input.images} --eval-gt {input.gt} "
+        "{params.launch} train-pixel-embedding --trees {input.trees} --eval-images {input.images} --eval-gt {input.gt} "
         "--out {output.model} --metrics {output.metrics} 2> {log}"
 
 

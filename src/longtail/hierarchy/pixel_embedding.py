@@ -495,6 +495,7 @@ def train_pixel_embedding(data, cfg: dict, ckpt_path: str | os.PathLike, seed: i
     device = torch.device(device or "cpu")
     torch.manual_seed(seed)
     net = PixelEmbeddingNet(dim=cfg["dim"], proj=cfg["proj"]).to(device)
+    net.backbone.layer4.requires_grad_(False)    # not in the embedding (kept for the checkpoint): no DDP grads
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
     milestones = [int(m * cfg["steps"]) for m in cfg["lr_decay_at"]]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
