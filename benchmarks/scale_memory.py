@@ -106,8 +106,25 @@ def stage_embed(ctx: dict) -> list[str]:
                     "--metrics", str(ctx["work"] / "embed_metrics.json"), *SETS)
 
 
+def stage_propose_writer(ctx: dict) -> list[str]:
+    """propose's writer alone: the scale's set written again (ProposalWriter, one image at a time) + gather."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); from pathlib import Path; "
+            f"import shutil; from scale_memory import synthetic_set; out = Path({str(ctx['work'] / 'written')!r}); "
+            f"shutil.rmtree(out, ignore_errors=True); "
+            f"synthetic_set(Path({str(ctx['prepared'])!r}), {ctx['split']!r}, {ctx['scale']}, {ctx['per_image']}, out)")
+    return [sys.executable, "-c", code]
+
+
+def stage_read_proposals(ctx: dict) -> list[str]:
+    """Every record of the set read image by image (iter_proposals: what streaming readers do)."""
+    code = ("import sys; from longtail.proposals.format import iter_proposals; "
+            "n = sum(len(r) for _, r in iter_proposals(sys.argv[1])); print(n)")
+    return [sys.executable, "-c", code, str(ctx["set"])]
+
+
 #: stage name -> argv builder; every stage runs on each scale's proposal set
-STAGES = {"train-embedding": stage_train_embedding, "embed": stage_embed}
+STAGES = {"propose-writer": stage_propose_writer, "read-proposals": stage_read_proposals,
+          "train-embedding": stage_train_embedding, "embed": stage_embed}
 
 
 def in_ram_reference(ctx: dict) -> dict:
@@ -132,6 +149,40 @@ print(json.dumps({{"crops": int(valid.sum()), "seconds": time.time() - t}}))
             "crops_per_s": round(info["crops"] / info["seconds"], 1), "proposals": info["crops"]}
 
 
+def throughput_pair(ctx: dict, rounds: int = 2) -> dict:
+    """crops/s of the proposal embedding alone, in-RAM path vs the streaming path (workers 0), alternated
+    ``rounds`` times in one process so that both see the same machine load."""
+    code = f"""
+import json, shutil, tempfile, time, torch
+torch.set_num_threads(1)
+from longtail.embedding.inputs import load_model, load_proposal_set
+from longtail.embedding.crops import crops_for_records
+from longtail.embedding.dataset import ProposalIndex
+from longtail.embedding.embed import embed_proposal_set
+from longtail.embedding.train import embed_crops
+model, state = load_model({str(ctx['model'])!r}, 0)
+cfg = state["config"]
+out = {{"in_ram": [], "streaming": []}}
+for r in range({rounds}):
+    t = time.time()
+    _, recs, ids, images = load_proposal_set({str(ctx['set'])!r}, cfg["proposals_per_image"])
+    crops, valid = crops_for_records(recs, images, cfg["crop_size"], kinds=("fg",), progress=False)
+    embed_crops(model, crops[:, 0], 256, progress=False)
+    out["in_ram"].append(int(valid.sum()) / (time.time() - t))
+    del crops
+    d = tempfile.mkdtemp()
+    t = time.time()
+    idx = ProposalIndex({str(ctx['set'])!r}, cfg["proposals_per_image"])
+    arrays, w = embed_proposal_set(model, idx, cfg, d + "/e.npz", fingerprint="x", chunk_images=500,
+                                   batch_size=256, progress=False)
+    out["streaming"].append(len(arrays["proposal_ids"]) / (time.time() - t))
+    shutil.rmtree(d)
+print(json.dumps(out))
+"""
+    rss, secs, res = peak_rss([sys.executable, "-c", code])
+    return json.loads(res["out"].strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
@@ -140,6 +191,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="train-embedding steps at every scale")
     ap.add_argument("--stages", nargs="+", default=list(STAGES))
     ap.add_argument("--in-ram", action="store_true", help="also the pre-streaming in-RAM embed path (reference)")
+    ap.add_argument("--throughput", action="store_true",
+                    help="only: crops/s of the in-RAM vs streaming proposal embedding on the first scale's set")
     ap.add_argument("--out", type=Path, default=Path("/tmp/scale_memory"))
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args()
@@ -150,6 +203,12 @@ def main() -> int:
                        env={**os.environ, "LONGTAIL_MLFLOW": "0"}, capture_output=True)
     rows = []
     model = None
+    if args.throughput:
+        scale = args.scales[0]
+        synthetic_set(prepared, args.split, scale, args.per_image, args.out / f"set_{scale}x")
+        ctx = {"set": args.out / f"set_{scale}x", "model": args.out / f"work_{scale}x" / "train" / "model.pt"}
+        print(json.dumps(throughput_pair(ctx)))
+        return 0
     for scale in args.scales:
         t = time.time()
         index = synthetic_set(prepared, args.split, scale, args.per_image, args.out / f"set_{scale}x")
@@ -158,7 +217,7 @@ def main() -> int:
         work = args.out / f"work_{scale}x"
         work.mkdir(parents=True, exist_ok=True)
         ctx = {"set": args.out / f"set_{scale}x", "work": work, "prepared": prepared, "steps": args.steps,
-               "model": model}
+               "model": model, "split": args.split, "scale": scale, "per_image": args.per_image}
         for name in args.stages:
             if name == "embed" and ctx["model"] is None:
                 ctx["model"] = model = work / "train" / "model.pt"
