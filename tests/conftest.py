@@ -55,3 +55,16 @@ def train_coco(prepared) -> dict:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def pixel_embedding_ckpt(tmp_path_factory):
+    """A checkpoint in `longtail train-pixel-embedding`'s format (seeded random weights)."""
+    import torch
+
+    from longtail.hierarchy.pixel_embedding import PixelEmbeddingNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pe") / "pixel_embedding.pt"
+    torch.save({"config": {"dim": 32, "proj": 256}, "state_dict": PixelEmbeddingNet().state_dict()}, path)
+    return path

@@ -388,17 +388,6 @@ def _mini_val(tmp_path: Path, n: int = 3) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def pixel_embedding_ckpt(tmp_path_factory):
-    """A checkpoint in `longtail train-pixel-embedding`'s format (seeded random weights)."""
-    from longtail.hierarchy.pixel_embedding import PixelEmbeddingNet
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pe") / "pixel_embedding.pt"
-    torch.save({"config": {"dim": 32, "proj": 256}, "state_dict": PixelEmbeddingNet().state_dict()}, path)
-    return path
-
-
 def _propose(method: str, dataset: Path, out: Path, *sets: str) -> int:
     from longtail.cli import main
 

@@ -138,18 +138,6 @@ def test_gather_names_the_missing_shard(sets, tmp_path, capsys):
     assert not (out / "index.json").exists()
 
 
-@pytest.fixture(scope="module")
-def pixel_embedding_ckpt(tmp_path_factory):
-    import torch
-
-    from longtail.hierarchy.pixel_embedding import PixelEmbeddingNet
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pe") / "pixel_embedding.pt"
-    torch.save({"config": {"dim": 32, "proj": 256}, "state_dict": PixelEmbeddingNet().state_dict()}, path)
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("defect", ["missing", "corrupt"])
 def test_bad_image_in_the_middle_of_a_shard(prepared, tmp_path, pixel_embedding_ckpt, capsys, defect):

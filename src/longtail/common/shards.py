@@ -10,6 +10,7 @@ shards is the whole list, each image exactly once.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from longtail.common.errors import LongtailError
@@ -37,3 +38,16 @@ def select_shard(items: Sequence[T], shard: tuple[int, int], key: Callable[[T], 
     """The items of shard ``(i, N)``: ``sorted(items, key)[i-1::N]``."""
     i, n = shard
     return sorted(items, key=key)[i - 1::n]
+
+
+def shards_present(folder: str | Path, suffix: str, num_shards: int | None, hint: str) -> int:
+    """``num_shards``, else the one N of the ``<i>-of-<N><suffix>`` files in ``folder`` (error if none or several)."""
+    if num_shards is not None:
+        return num_shards
+    folder = Path(folder)
+    ns = {int(p.name[:-len(suffix)].split("-of-")[1]) for p in folder.glob(f"*-of-*{suffix}")} \
+        if folder.is_dir() else set()
+    if len(ns) != 1:
+        raise LongtailError(f"{folder}: " + ("no finished shard" if not ns else f"shards of several N {sorted(ns)}")
+                            + f"; {hint}, or pass --shards N.")
+    return ns.pop()

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_dir, read_json, write_json
-from longtail.common.shards import shard_name
+from longtail.common.shards import shard_name, shards_present
 
 INDEX_FILE = "index.json"
 
@@ -46,12 +46,7 @@ def gather(out: str | Path, num_shards: int | None = None) -> dict:
     """``<out>/index.json`` from the N shard indexes (N: ``num_shards``, else the one N present)."""
     out = Path(out)
     sdir = out / "shards"
-    if num_shards is None:
-        ns = {int(p.stem.split("-of-")[1]) for p in sdir.glob("*-of-*.json")} if sdir.is_dir() else set()
-        if len(ns) != 1:
-            raise LongtailError(f"{sdir}: " + ("no finished shard" if not ns else f"shards of several N {sorted(ns)}")
-                                + "; run every --shard i/N of the stage, or pass --shards N.")
-        num_shards = ns.pop()
+    num_shards = shards_present(sdir, ".json", num_shards, "run every --shard i/N of the stage")
     parts = []
     for i in range(1, num_shards + 1):
         p = shard_index(out, (i, num_shards))

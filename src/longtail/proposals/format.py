@@ -36,7 +36,7 @@ from pycocotools import mask as mask_utils
 from longtail.common.errors import LongtailError
 from longtail.common.io import read_json, write_json
 from longtail.common.masks import encode_mask, rle_for_pycocotools
-from longtail.common.shards import shard_name
+from longtail.common.shards import shard_name, shards_present
 
 INDEX_FILE = "index.json"
 SHARDS_DIR = "shards"
@@ -254,12 +254,7 @@ def gather(set_dir: str | Path, num_shards: int | None = None) -> dict:
     """
     set_dir = proposal_set_dir(set_dir)
     sdir = set_dir / SHARDS_DIR
-    if num_shards is None:
-        ns = {int(p.stem.split("-of-")[1]) for p in sdir.glob("*-of-*.jsonl")} if sdir.is_dir() else set()
-        if len(ns) != 1:
-            raise LongtailError(f"{sdir}: " + ("no finished shard" if not ns else f"shards of several N {sorted(ns)}")
-                                + "; run `longtail propose --shard i/N` for every i, or pass --shards N.")
-        num_shards = ns.pop()
+    num_shards = shards_present(sdir, ".jsonl", num_shards, "run `longtail propose --shard i/N` for every i")
     metas, shards = [], []
     for i in range(1, num_shards + 1):
         p = shard_path(set_dir, (i, num_shards))
