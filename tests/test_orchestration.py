@@ -151,9 +151,14 @@ def _dry_run_experiment(profile: str, target: str, experiment: str) -> tuple[str
 
 def test_coco_lvis_experiment_plans_on_slurm():
     """The paper at scale: the experiment file + SLURM profile give the full grid with GPU requests."""
+    import yaml
+
     out, counts = _dry_run_experiment("slurm", "all", "coco_lvis.yaml")
     assert counts["train_embedding"] == "11" and counts["train_proposals"] == "3"
-    assert counts["propose"] == "6" and counts["propose_solov2_free"] == "1"
+    n = yaml.safe_load((REPO / "workflow/experiments/coco_lvis.yaml").read_text())["proposals"]["shards"]
+    assert n > 1      # every proposal set made by n shard jobs + one gather
+    assert counts["propose"] == str(6 * n) and counts["propose_solov2_free"] == str(n)
+    assert int(counts["gather_proposals"]) * n == sum(int(counts[r]) for r in counts if r.startswith("propose"))
     block = out[out.index("rule train_proposals:"):]
     import yaml
 
@@ -176,3 +181,18 @@ def test_ucm_multiscale_experiment_plans_multiscale_trees():
     """The issue-6 best-method override passes the params schema and plans edges -> ucm -> propose ucm."""
     _, counts = _dry_run_experiment("local", "results/proposals/ucm/metrics_val.json", "ucm_multiscale.yaml")
     assert counts["hierarchy_edges"] == "1" and counts["hierarchy_ucm"] == "1" and counts["propose_ucm"] == "1"
+
+
+def test_set_scatter_plans_shard_jobs_and_a_gather():
+    """`--set-scatter proposals=2`: 2 propose jobs (--shard 1-of-2, 2-of-2) + 1 gather per proposal set."""
+    env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--forceall", "-c1", "--set-scatter", "proposals=2", "--",
+                        "results/proposals/gt/val/index.json", "results/proposals/ucm/val/index.json"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
+    assert counts["propose_gt"] == "2" and counts["propose_ucm"] == "2" and counts["gather_proposals"] == "2"
+    for method in ("gt", "ucm"):
+        for i in (1, 2):
+            assert (f"--out-dir results/proposals/{method}/val --shard {i}-of-2" in r.stdout), method
+        assert f"longtail gather-proposals --proposals results/proposals/{method}/val" in r.stdout
