@@ -136,6 +136,10 @@ def test_gather_names_the_missing_shard(sets, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2-of-3.jsonl" in err and "shard 2 of 3 missing" in err and "--shard 2/3" in err
     assert not (out / "index.json").exists()
+    # resharded: the shards of another N go, the gather finds the one N
+    assert _propose(val, out, "--shard", "1/1") == 0
+    assert sorted(f.name for f in (out / "shards").iterdir()) == ["1-of-1.json", "1-of-1.jsonl"]
+    assert read_index(out)["num_shards"] == 1
 
 
 @pytest.mark.slow

@@ -104,6 +104,9 @@ def run_propose(args, params, cfg, run) -> int:
         log.info("propose %s: shard %s already finished in %s; not recomputed", method, shard_name(shard), out)
     else:
         (out / INDEX_FILE).unlink(missing_ok=True)        # the set is complete again only after gather
+        for stale in (out / "shards").glob("*-of-*"):     # shards of another N (the set was resharded)
+            if not stale.name.split("-of-")[1].startswith(f"{shard[1]}."):
+                stale.unlink()
         images = select_shard(dataset["images"], shard, key=lambda im: int(im["id"]))
         gen = _image_proposals(method, dataset, params, cfg, args)
         t0 = time.perf_counter()
