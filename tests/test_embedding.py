@@ -362,7 +362,7 @@ def test_cli_train_and_embed(params, sample_sets, train_coco, tmp_path):
     ids = top_per_image(recs, params["embedding"]["proposals_per_image"])   # the top 50 of each image
     n = len(ids)
     assert len(recs) > n > 0
-    assert z["proposal_embeddings"].shape == (n, 2) and z["proposal_embeddings"].dtype == np.float32
+    assert z["proposal_embeddings"].shape == (n, params["embedding"]["dim"]) and z["proposal_embeddings"].dtype == np.float32
     assert z["proposal_ids"].tolist() == ids
     assert z["proposal_image_ids"].tolist() == [recs[i]["image_id"] for i in ids]
     assert np.allclose(z["proposal_scores"], [recs[i]["score"] for i in ids])
