@@ -285,7 +285,7 @@ def test_sigusr1_checkpoints_and_the_rerun_resumes(tmp_path):
     import os
     import signal
 
-    from longtail.embedding.train import Preempted
+    from longtail.common.preemption import Preempted
 
     trees = _tree_folder(tmp_path / "ucm", keys=("3063", "8068"))
     cfg = _small_cfg(batch_size=2, steps=4)

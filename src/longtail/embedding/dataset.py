@@ -34,6 +34,7 @@ from pycocotools import mask as mask_utils
 from longtail.common.errors import LongtailError
 from longtail.common.io import read_json
 from longtail.common.masks import rle_for_pycocotools
+from longtail.common.preemption import worker_init  # noqa: F401 (re-exported)
 from longtail.embedding.crops import CROP_KINDS, load_image, mask_crops
 from longtail.embedding.sampling import Relations, Triplets, build_relations, region_tree_pairs, sample_triplets
 
@@ -355,16 +356,6 @@ def training_dataset(proposals_dir: str | Path, cfg: dict, *, trees_dir: str | P
 
 def steps_per_epoch(n_images: int, images_per_batch: int) -> int:
     return max(1, math.ceil(n_images / int(images_per_batch)))
-
-
-def worker_init(_=None) -> None:
-    """DataLoader workers: one torch thread; SIGUSR1 / SIGTERM are the main process's (it checkpoints, then
-    ends the workers)."""
-    import signal
-
-    torch.set_num_threads(1)
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def step_loader(dataset, sampler: StepBatchSampler, *, seed: int, num_negatives: int,

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,10 @@ import torch
 
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path
+from longtail.common.preemption import Preempted  # noqa: F401 (re-exported: the verb's error)
+from longtail.common.preemption import StopSignals as _Signals
+from longtail.common.preemption import init_distributed as _init_distributed
+from longtail.common.preemption import world as _world
 from longtail.common.params import params_hash
 from longtail.embedding.crops import crops_for_records, to_input
 from longtail.embedding.dataset import REL_STATS, ImageItem, StepBatchSampler, step_loader, steps_per_epoch
@@ -174,57 +177,11 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
             p_state["step"] = int(p_state["step"].item())
 
 
-class Preempted(LongtailError):
-    """SIGUSR1 / SIGTERM arrived during training; the checkpoint of the current step was saved."""
-
-
-class _Signals:
-    """SIGUSR1 / SIGTERM set a flag (checked after each step) instead of killing the process."""
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, _frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def init_distributed(gpu: int | None = None) -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) the process group is started: nccl with one
     GPU per local rank when GPUs are requested and visible, else gloo on the CPU (with a warning if GPUs were
     requested). Without torchrun: rank 0 of 1 on ``pick_device(gpu)``."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, pick_device(gpu)
-    device = pick_device(gpu)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return _init_distributed(pick_device(gpu))
 
 
 def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | Path | None = None,

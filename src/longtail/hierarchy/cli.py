@@ -200,7 +200,7 @@ def run_train(args, params, cfg, run) -> int:
 
     import torch
 
-    from longtail.embedding.train import init_distributed
+    from longtail.common.preemption import init_distributed
     from longtail.hierarchy import bench
     from longtail.hierarchy.images import list_images, load_rgb
     from longtail.hierarchy.pixel_embedding import (PixelEmbeddingNet, TreeImages, eval_k_grid, evaluate_segments,
@@ -210,8 +210,7 @@ def run_train(args, params, cfg, run) -> int:
     set_threads()
     # torchrun: DDP (gloo on the CPU, nccl with one GPU per rank); hierarchy.device cuda without a GPU -> CPU
     dev = select_device(cfg["device"], "train-pixel-embedding")
-    rank, world, device = init_distributed(1 if dev.type == "cuda" else 0)
-    device = dev if world == 1 else device
+    rank, world, device = init_distributed(dev)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)   # the job's threads (Snakemake sets it)
     data = TreeImages(args.trees, pc["max_regions"], cfg["min_image_size"])
     out = Path(args.out)

@@ -475,7 +475,7 @@ def train_pixel_embedding(data, cfg: dict, ckpt_path: str | os.PathLike, seed: i
     CPU, nccl on GPUs), each rank computes its share of every step's samples, the loss logged is the mean over
     the ranks, and only rank 0 writes the checkpoint. Resumes from ``ckpt_path`` if it exists (written every
     ``checkpoint_interval`` steps, at the end, and on SIGUSR1 / SIGTERM, after which the run stops with
-    :class:`~longtail.embedding.train.Preempted`). ``on_step(step, loss)`` is called after every step. Returns
+    :class:`~longtail.common.preemption.Preempted`). ``on_step(step, loss)`` is called after every step. Returns
     the network (eval mode, on ``device``) and the loss per step.
     """
     import signal
@@ -485,8 +485,7 @@ def train_pixel_embedding(data, cfg: dict, ckpt_path: str | os.PathLike, seed: i
     from tqdm import tqdm
 
     from longtail.common.params import params_hash
-    from longtail.embedding.dataset import worker_init
-    from longtail.embedding.train import Preempted, _Signals, _world
+    from longtail.common.preemption import Preempted, StopSignals, world as _world, worker_init
 
     images = data if isinstance(data, TreeImages) else ImageList(data, cfg.get("distance_norm", "raw"))
     if len(images) == 0:
@@ -532,7 +531,7 @@ def train_pixel_embedding(data, cfg: dict, ckpt_path: str | os.PathLike, seed: i
         pin_memory=device.type == "cuda")
     net.train()
     bar = tqdm(total=cfg["steps"], initial=start, desc="train-pixel-embedding", disable=not progress or rank != 0)
-    with _Signals() as sig:
+    with StopSignals() as sig:
         for batch in loader:
             step = batch["step"]
             gen = torch.Generator().manual_seed(seed * 100003 + step)
