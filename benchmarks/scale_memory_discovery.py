@@ -1,0 +1,88 @@
+"""Peak memory of `longtail cluster` at 1x, 10x and 100x points (issue 15), next to benchmarks/scale_memory.py.
+
+`cluster` needs no proposal set, only an embeddings file: synthetic Poincaré-ball embeddings (``--base`` points
+at 1x, float32 as `longtail embed` writes them, planted around ``--centres`` centres in the tangent space at 0)
+are clustered by the real verb in its own process; its peak RSS is that child's ``ru_maxrss``
+(:func:`scale_memory.peak_rss`). k-means holds the points (N x dim float64), their labels at every k of the
+elbow grid and one assignment chunk (``discovery.max_chunk_mb``): the stage is O(N) by nature, so the report
+gives the bytes per point above the 1x baseline rather than a flat bound.
+
+    nice -n 10 .venv/bin/python benchmarks/scale_memory_discovery.py --scales 1 10 100 --base 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_memory import longtail, peak_rss  # noqa: E402
+
+
+def synthetic_embeddings(path: Path, n: int, dim: int, centres: int, seed: int = 0) -> None:
+    import geoopt
+    import torch
+
+    if path.exists():
+        return
+    rng = np.random.default_rng(seed)
+    ball = geoopt.PoincareBall()
+    mu = rng.normal(scale=1.0, size=(centres, dim))
+    z = np.empty((n, dim), np.float32)
+    for s in range(0, n, 200_000):                     # in chunks: the generator itself stays small
+        m = min(n - s, 200_000)
+        v = mu[rng.integers(centres, size=m)] + rng.normal(scale=0.15, size=(m, dim))
+        z[s:s + m] = ball.projx(ball.expmap0(torch.as_tensor(v))).numpy()
+    a = ball.projx(ball.expmap0(torch.as_tensor(mu))).numpy().astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, proposal_embeddings=z, proposal_ids=np.arange(n), proposal_image_ids=np.arange(n) // 50,
+             proposal_scores=np.ones(n, np.float32), anchor_embeddings=a, anchor_category_ids=np.arange(centres),
+             anchor_ann_ids=np.arange(centres), space="poincare", curvature=1.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
+    ap.add_argument("--base", type=int, default=10_000, help="points at 1x (100x = 1M with the default)")
+    ap.add_argument("--dim", type=int, default=2, help="embedding.dim (paper: 2)")
+    ap.add_argument("--centres", type=int, default=16)
+    ap.add_argument("--k-grid", default="[4,8,16]")
+    ap.add_argument("--max-iter", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/scale_memory_discovery"))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    for scale in args.scales:
+        n = args.base * scale
+        emb = args.out / f"emb_{scale}x.npz"
+        t = time.time()
+        synthetic_embeddings(emb, n, args.dim, args.centres)
+        print(f"# {scale}x: {n} points (built in {time.time() - t:.0f} s)", flush=True)
+        rss, secs, _ = peak_rss(longtail(
+            "cluster", "--embeddings", str(emb), "--out-dir", str(args.out / f"cluster_{scale}x"),
+            "--set", f"discovery.k_grid={args.k_grid}", "--set", "discovery.k=elbow", "--set", "discovery.n_init=1",
+            "--set", f"discovery.max_iter={args.max_iter}"))
+        m = json.loads((args.out / f"cluster_{scale}x" / "cluster_metrics.json").read_text())
+        row = {"stage": "cluster", "scale": scale, "points": n, "dim": args.dim, "k_grid": args.k_grid,
+               "k": m["k"], "peak_rss_mb": round(rss), "seconds": round(secs, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = rows[0]
+    print("\n| stage | scale | points | peak RSS (MB) | seconds | bytes/point above 1x |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        per = ((r["peak_rss_mb"] - base["peak_rss_mb"]) * 2 ** 20 / (r["points"] - base["points"])
+               if r["points"] > base["points"] else float("nan"))
+        print(f"| {r['stage']} | {r['scale']}x | {r['points']} | {r['peak_rss_mb']} | {r['seconds']} | {per:.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
