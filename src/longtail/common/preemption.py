@@ -48,6 +48,17 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    def preempt(self, what: str, step: int, total: int, checkpoint, world_size: int = 1):
+        """Stop after the checkpoint of ``step`` was saved (by rank 0): every rank waits until it is on disk, then
+        raises :class:`Preempted` (``received`` None = the signal arrived at another rank)."""
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        name = signal.Signals(self.received).name if self.received else "a signal on another rank"
+        raise Preempted(f"{what}: stopped by {name} after step {step}/{total}; the checkpoint {checkpoint} was "
+                        f"saved - rerun the same command to resume from it.")
+
 
 def init_distributed(device):
     """(rank, world size, device) for a process that would run on ``device`` (a ``torch.device``). Under

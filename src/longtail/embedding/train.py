@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -273,11 +272,7 @@ def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | 
                     or stop:
                 save(step)
             if stop and step < total:
-                if world > 1:
-                    dist.barrier()                 # rank 0's checkpoint is on disk before any rank exits
-                name = signal.Signals(sig.received).name if sig.received else "a signal on another rank"
-                raise Preempted(f"train-embedding: stopped by {name} after step {step}/{total}; the checkpoint "
-                                f"{ckpt} was saved - rerun the same command to resume from it.")
+                sig.preempt("train-embedding", step, total, ckpt, world)
     bar.close()
     return summarize(history, spe, time.time() - t0)
 

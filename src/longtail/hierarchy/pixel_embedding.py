@@ -478,14 +478,13 @@ def train_pixel_embedding(data, cfg: dict, ckpt_path: str | os.PathLike, seed: i
     :class:`~longtail.common.preemption.Preempted`). ``on_step(step, loss)`` is called after every step. Returns
     the network (eval mode, on ``device``) and the loss per step.
     """
-    import signal
     import warnings
 
     import torch.distributed as dist
     from tqdm import tqdm
 
     from longtail.common.params import params_hash
-    from longtail.common.preemption import Preempted, StopSignals, world as _world, worker_init
+    from longtail.common.preemption import StopSignals, world as _world, worker_init
 
     images = data if isinstance(data, TreeImages) else ImageList(data, cfg.get("distance_norm", "raw"))
     if len(images) == 0:
@@ -557,11 +556,7 @@ def train_pixel_embedding(data, cfg: dict, ckpt_path: str | os.PathLike, seed: i
             if stop or ((step + 1) % cfg["checkpoint_interval"] == 0 and step + 1 < cfg["steps"]):
                 save(step + 1)
             if stop and step + 1 < cfg["steps"]:
-                if world > 1:
-                    dist.barrier()                   # rank 0's checkpoint is on disk before any rank exits
-                name = signal.Signals(sig.received).name if sig.received else "a signal on another rank"
-                raise Preempted(f"train-pixel-embedding: stopped by {name} after step {step + 1}/{cfg['steps']}; "
-                                f"the checkpoint {ckpt_path} was saved - rerun the same command to resume from it.")
+                sig.preempt("train-pixel-embedding", step + 1, cfg["steps"], ckpt_path, world)
     bar.close()
     save(cfg["steps"])
     if world > 1:
