@@ -66,3 +66,24 @@ def test_report_tables_figures_and_gallery(tmp_path, monkeypatch):
 def test_report_without_results_is_a_clear_error(tmp_path):
     assert main(["report", "--discovery-dir", str(tmp_path / "nothing"), "--gt", str(T.VAL),
                  "--out-dir", str(tmp_path / "r")]) == 2
+
+
+def test_plane_view_of_a_ball_in_more_dimensions():
+    """The scatter's 2-d view of d-dim Poincaré points: points lying in a plane of the ball keep their distance
+    to the origin exactly (whatever the plane's orientation); 2-d points are shown unchanged."""
+    import geoopt
+    import numpy as np
+    import torch
+
+    from longtail.report.figures import plane_view
+
+    rng = np.random.default_rng(0)
+    flat = rng.uniform(-0.6, 0.6, size=(200, 2))
+    Q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    Z = np.concatenate([flat, np.zeros((200, 6))], 1) @ Q.T      # the same points in a rotated plane of the 8-d ball
+    ball = geoopt.PoincareBall(c=1.0)
+    V = plane_view(Z, True, 1.0)
+    assert V.shape == (200, 2)
+    np.testing.assert_allclose(ball.dist0(torch.from_numpy(V)).numpy(), ball.dist0(torch.from_numpy(flat)).numpy(),
+                               rtol=1e-9)
+    assert plane_view(flat, True) is flat

@@ -31,7 +31,7 @@ def register(sub):
     add_params_args(p)
     p.add_argument("--embeddings", required=True, help="embeddings.npz of `longtail embed`")
     p.add_argument("--clusters", required=True, help="clusters.npz of `longtail cluster`")
-    p.add_argument("--proposals", required=True, help="proposal set the embeddings index (proposals.json dir)")
+    p.add_argument("--proposals", required=True, help="proposal set the embeddings index (its folder or index.json)")
     p.add_argument("--gt", required=True, help="ground truth with base/novel split (results/data/val.json): COCO "
                    "(pycocotools AP) or, in the LVIS label space of `prepare`, LVIS (LVIS API AP incl. APr/c/f)")
     p.add_argument("--out-dir", required=True)

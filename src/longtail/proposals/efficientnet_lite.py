@@ -41,6 +41,10 @@ class EfficientNetLite(BaseModule):
                                                  drop_path_rate=drop_path_rate)
         self.out_channels = list(self.features.out_channels)
         self.strides = self.features.strides
+        # the 1x1 head convolution feeds only the ImageNet classifier, never the FPN: it gets no gradient, and
+        # DistributedDataParallel refuses parameters that get none (multi-GPU training), so it is frozen here
+        for p in (*self.features.conv_head.parameters(), *self.features.bn1.parameters()):
+            p.requires_grad_(False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         return self.features(x)

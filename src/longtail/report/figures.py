@@ -27,6 +27,23 @@ def _plt():
     return plt
 
 
+def plane_view(Z: np.ndarray, poincare: bool, curvature: float = 1.0) -> np.ndarray:
+    """A 2-d view of (N, d) embeddings for the scatter: unchanged for d <= 2; otherwise the tangent vectors at the
+    origin (geoopt's logmap0 on the ball) projected on their top-2 principal directions (uncentred, so the origin
+    stays the origin) and mapped back into the 2-d ball (expmap0). Norms shrink in the projection: points look
+    nearer the origin than they are."""
+    if Z.ndim != 2 or Z.shape[1] <= 2 or len(Z) == 0:
+        return Z
+    import geoopt
+    import torch
+
+    ball = geoopt.PoincareBall(c=curvature)
+    T = ball.logmap0(torch.from_numpy(Z).double()).numpy() if poincare else np.asarray(Z, np.float64)
+    _, _, vt = np.linalg.svd(T, full_matrices=False)
+    P = T @ vt[:2].T
+    return (ball.expmap0(torch.from_numpy(P)).numpy() if poincare else P).astype(Z.dtype)
+
+
 def disk_scatter(Z: np.ndarray, cls: np.ndarray, names: dict[int, str], A: np.ndarray | None = None,
                  Acat: np.ndarray | None = None, title: str = "", max_points: int = 20000, top: int = 15,
                  seed: int = 0, disk: bool = True) -> bytes:

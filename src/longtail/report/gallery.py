@@ -60,10 +60,10 @@ def method_sections(method: str, mruns: dict[str, dict], proposals_dir: Path, em
                     purity_iou: float, cfg: dict) -> list[str]:
     """HTML sections of one proposal method (``mruns``: its discovery runs by variant): scatter and gallery."""
     from longtail.discovery.evaluate import gt_class_of_proposals
-    from longtail.proposals.format import read_proposals
+    from longtail.proposals.format import INDEX_FILE, read_proposals
 
     pdir = Path(proposals_dir) / method / "val"
-    if not (pdir / "proposals.json").exists():
+    if not (pdir / INDEX_FILE).exists():
         log.warning("%s missing: no scatter/gallery for %s", pdir, method)
         return []
     names = {c["id"]: c["name"] for c in gt["categories"]}
@@ -78,8 +78,11 @@ def method_sections(method: str, mruns: dict[str, dict], proposals_dir: Path, em
         with np.load(ep) as f:
             Z, pids = f["proposal_embeddings"], f["proposal_ids"]
             A, Acat, space = f["anchor_embeddings"], f["anchor_category_ids"], str(f["space"])
+            c = float(f["curvature"])
         pids_of[v] = pids
-        figs.append(img(F.disk_scatter(Z, cls_all[pids], names, A, Acat, f"{method}/{v} ({space})",
+        title = f"{method}/{v} ({space}" + (f", {Z.shape[1]}-d seen in 2-d)" if Z.shape[1] > 2 else ")")
+        Z, A = (F.plane_view(x, space == "poincare", c) for x in (Z, A))
+        figs.append(img(F.disk_scatter(Z, cls_all[pids], names, A, Acat, title,
                                        cfg["max_scatter_points"], disk=space == "poincare"), f"scatter {method}/{v}"))
     if figs:
         parts.append(f"<h2>Embeddings of {html.escape(method)} proposals, coloured by GT category</h2>" + "".join(figs))
