@@ -28,16 +28,13 @@ from longtail.common.distributed import launcher_from_env, rank_from_env
 from longtail.common.errors import LongtailError
 from longtail.common.io import atomic_path
 from longtail.common.params import project_path, project_root
+from longtail.common.preemption import Preempted  # noqa: F401 (the one preemption error; re-exported)
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pth"
 CONFIG_FILE = "config.py"
 PREEMPT_SIGNALS = ("SIGUSR1", "SIGTERM")
-
-
-class Preempted(LongtailError):
-    """Training stopped on a signal after writing a checkpoint; rerunning the same command resumes from it."""
 
 
 @contextlib.contextmanager
