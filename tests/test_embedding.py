@@ -323,12 +323,13 @@ def test_select_anchors_on_train_split(train_coco):
         select_anchors({"images": []}, 3, seed=0)
 
 
-def test_cli_train_and_embed(params, sample_sets, train_coco, tmp_path):
-    from longtail.cli import main
+
+def quarter_tree(proposal_set, trees):
+    """A region-tree folder for the first image of a jittered-GT proposal set: leaves = its quarter proposal, the
+    rest of its GT mask, background (so the tree's parent/child pair is that quarter inside the GT mask)."""
     from longtail.hierarchy.tree import RegionTree
 
-    # a region tree for the first training image: leaves = quarter proposal, rest of its GT mask, background
-    recs = read_proposals(sample_sets["train"])[1]
+    recs = read_proposals(proposal_set)[1]
     gt_mask, quarter = decode_mask(recs[0]["segmentation"]), None
     for r in recs[1:]:
         m = decode_mask(r["segmentation"])
@@ -338,10 +339,15 @@ def test_cli_train_and_embed(params, sample_sets, train_coco, tmp_path):
     assert quarter is not None
     leaves = np.full(gt_mask.shape, 2, np.int32)
     leaves[gt_mask], leaves[quarter] = 1, 0
-    trees = tmp_path / "trees"
     trees.mkdir()
     RegionTree(np.array([3, 3, 4, 4, 4]), np.array([0, 0, 0, 1.0, 2.0]), leaves).save(trees / "a.npz")
     (trees / "index.json").write_text(json.dumps({"images": [{"image_id": recs[0]["image_id"], "tree": "a.npz"}]}))
+    return trees
+
+def test_cli_train_and_embed(params, sample_sets, train_coco, tmp_path):
+    from longtail.cli import main
+
+    trees = quarter_tree(sample_sets["train"], tmp_path / "trees")
 
     out = tmp_path / "gt" / "poincare"
     sets = ["--set", "embedding.max_steps=2", "--set", "embedding.crop_size=16", "--set", "embedding.epochs=2",

@@ -13,10 +13,8 @@ import torch
 from longtail.common import LongtailError
 from longtail.embedding.dataset import ProposalImageDataset, ProposalIndex, StepBatchSampler
 from longtail.embedding.sampling import sample_triplets, top_per_image
-from longtail.hierarchy.tree import RegionTree
-from longtail.common.masks import decode_mask
-from longtail.proposals.format import read_proposals, write_proposals
-from test_embedding import jittered_proposals, one_thread, small_cfg  # noqa: F401 (one_thread: autouse fixture)
+from longtail.proposals.format import write_proposals
+from test_embedding import jittered_proposals, one_thread, quarter_tree, small_cfg  # noqa: F401 (one_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +24,7 @@ def train_set(tmp_path_factory, train_coco):
     recs, images = jittered_proposals(train_coco, 5)
     props = write_proposals(root / "train", recs, images, method="gt-jitter", dataset="train.json", topk=100,
                             nms_iou=1.0)
-    recs = read_proposals(props)[1]
-    gt_mask, quarter = decode_mask(recs[0]["segmentation"]), None
-    for r in recs[1:]:
-        m = decode_mask(r["segmentation"])
-        if r["image_id"] == recs[0]["image_id"] and r["score"] == 0.5 and (m & gt_mask).sum() == m.sum():
-            quarter = m
-            break
-    leaves = np.full(gt_mask.shape, 2, np.int32)
-    leaves[gt_mask], leaves[quarter] = 1, 0
-    trees = root / "trees"
-    trees.mkdir()
-    RegionTree(np.array([3, 3, 4, 4, 4]), np.array([0, 0, 0, 1.0, 2.0]), leaves).save(trees / "a.npz")
-    (trees / "index.json").write_text(json.dumps({"images": [{"image_id": recs[0]["image_id"], "tree": "a.npz"}]}))
-    return props, trees
+    return props, quarter_tree(props, root / "trees")
 
 
 def test_proposal_index_reads_records_per_image(train_set, tmp_path):
