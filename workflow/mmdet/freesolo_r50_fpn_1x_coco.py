@@ -6,7 +6,5 @@ custom_imports = dict(imports=['longtail.proposals.annotation_free.freesolo_head
 
 model = dict(
     type='FreeSOLO',
-    mask_head=dict(
-        type='FreeSOLOv2Head',
-        weak_loss=dict(alpha=0.1, pairwise_weight=1.0, kernel_size=3, dilation=2, color_thr=0.3,
-                       warmup_iters=10000)))
+    # weak_loss (alpha, pairwise term, warm-up) is set from params.yaml (annotation_free.freesolo.weak_loss)
+    mask_head=dict(type='FreeSOLOv2Head'))

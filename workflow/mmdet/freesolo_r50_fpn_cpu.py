@@ -14,8 +14,7 @@ model = dict(
         feat_channels=128,
         stacked_convs=2,
         mask_feature_head=dict(feat_channels=64, out_channels=128),
-        # BoxInst pairwise term: 3x3 neighbourhood, dilation 2, Lab colour-similarity threshold 0.3, warm-up
-        weak_loss=dict(alpha=0.1, pairwise_weight=1.0, kernel_size=3, dilation=2, color_thr=0.3,
-                       warmup_iters=1000)),
+        # weak_loss (alpha, BoxInst pairwise term, warm-up) is set from params.yaml (annotation_free.freesolo.weak_loss)
+    ),
     # fewer candidate masks upsampled to the image size at inference (CPU)
     test_cfg=dict(nms_pre=100))
