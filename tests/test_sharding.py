@@ -231,21 +231,22 @@ def test_hierarchy_shards_equal_unsharded(tmp_path, capsys):
     assert main(["ucm", "--edges", str(tmp_path / "e2"), "--out-dir", str(tmp_path / "u2"), "--metrics", m,
                  "--shard", "2-of-2"]) == 0
     assert main(["gather-hierarchy", "--dir", str(tmp_path / "u2"), "--shards", "2"]) == 2
-    assert "1-of-2.json" in capsys.readouterr().err
+    assert "1-of-2/index.json" in capsys.readouterr().err
     assert main(["ucm", "--edges", str(tmp_path / "e2"), "--out-dir", str(tmp_path / "u2"), "--metrics", m,
                  "--shard", "1/2"]) == 0
-    before = (tmp_path / "u2" / "shards" / "1-of-2.json").stat().st_mtime_ns
+    before = (tmp_path / "u2" / "shards" / "1-of-2" / "index.json").stat().st_mtime_ns
     assert main(["ucm", "--edges", str(tmp_path / "e2"), "--out-dir", str(tmp_path / "u2"), "--metrics", m,
                  "--shard", "1/2"]) == 0
-    assert (tmp_path / "u2" / "shards" / "1-of-2.json").stat().st_mtime_ns == before      # not recomputed
+    assert (tmp_path / "u2" / "shards" / "1-of-2" / "index.json").stat().st_mtime_ns == before      # not recomputed
     assert main(["gather-hierarchy", "--dir", str(tmp_path / "u2")]) == 0
     for a, b, col in (("e1", "e2", "edges"), ("u1", "u2", "tree")):
         ia, ib = (json.loads((tmp_path / d / "index.json").read_text())["images"] for d in (a, b))
         assert [r["key"] for r in ia] == [r["key"] for r in ib] and len(ia) == 3
-        s1 = json.loads((tmp_path / b / "shards" / "1-of-2.json").read_text())["images"]
+        s1 = json.loads((tmp_path / b / "shards" / "1-of-2" / "index.json").read_text())["images"]
         assert [r["key"] for r in s1] == [r["key"] for r in ia][0::2]
-        for r in ia:
-            za, zb = np.load(tmp_path / a / r[col]), np.load(tmp_path / b / r[col])
+        for r, rb in zip(ia, ib):
+            assert rb[col] == f"shards/{1 + ia.index(r) % 2}-of-2/{r['key']}.npz" and r["digest"] == rb["digest"]
+            za, zb = np.load(tmp_path / a / r[col]), np.load(tmp_path / b / rb[col])
             assert sorted(za.files) == sorted(zb.files)
             for k in za.files:
                 np.testing.assert_array_equal(za[k], zb[k])

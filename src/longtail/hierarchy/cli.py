@@ -11,6 +11,7 @@ import numpy as np
 
 from longtail.cli import add_params_args
 from longtail.common import LongtailError, atomic_path, write_json
+from longtail.common.params import params_hash
 from longtail.common.runtime import select_device, set_threads
 from longtail.common.shards import parse_shard, select_shard, shard_name
 from longtail.hierarchy import shards as hshards
@@ -18,7 +19,8 @@ from longtail.common.verb import stage_verb
 
 log = logging.getLogger(__name__)
 SHARD_HELP = ("i/N (or i-of-N, 1-based): only shard i of N of the images sorted by key (every N-th from the "
-              "(i-1)-th), written into --out-dir with shards/i-of-N.json; then `longtail gather-hierarchy`")
+              "(i-1)-th), written to --out-dir/shards/i-of-N/ (resumable; a finished shard is not recomputed); then "
+              "`longtail gather-hierarchy` (index.json + the stage's metrics)")
 
 
 def register(sub) -> None:
@@ -26,15 +28,17 @@ def register(sub) -> None:
     add_params_args(p)
     p.add_argument("--source", required=True, help="COCO JSON (file_name relative to the repo root) or image folder")
     p.add_argument("--out-dir", required=True, help="one <image>.npz per image + index.json")
-    p.add_argument("--metrics", required=True, help="metrics JSON (n_images, seconds_per_image)")
+    p.add_argument("--metrics", default=None, help="metrics JSON (n_images, seconds_per_image); with --shard the "
+                   "shard's are in its index and gather-hierarchy --metrics writes the stage's")
     p.add_argument("--shard", default=None, help=SHARD_HELP)
     p.set_defaults(func=run_edges)
 
     p = sub.add_parser("ucm", help="OWT-UCM region trees (ucm2 + parents/altitudes/finest labels) from edge maps")
     add_params_args(p)
-    p.add_argument("--edges", required=True, help="output folder of `longtail edges`")
+    p.add_argument("--edges", required=True, help="output folder of `longtail edges` (or its index.json)")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--metrics", required=True, help="metrics JSON (n_images, mean_leaves, seconds_per_image)")
+    p.add_argument("--metrics", default=None, help="metrics JSON (n_images, mean_leaves, seconds_per_image); with "
+                   "--shard: see gather-hierarchy")
     p.add_argument("--figure", default=None, help="PNG: image | edges | UCM | regions at three levels")
     p.add_argument("--shard", default=None, help=SHARD_HELP)
     p.set_defaults(func=run_ucm)
@@ -43,6 +47,8 @@ def register(sub) -> None:
     add_params_args(p)
     p.add_argument("--dir", required=True, help="the --out-dir of the sharded `longtail edges` / `longtail ucm`")
     p.add_argument("--shards", type=int, default=None, help="N (default: the one N whose shards are present)")
+    p.add_argument("--metrics", default=None, help="the stage's metrics JSON (combined over the shards)")
+    p.add_argument("--figure", default=None, help="ucm folders: PNG image | edges | UCM | regions at three levels")
     p.set_defaults(func=run_gather)
 
     p = sub.add_parser("bsds", help="BSDS500 boundary (ODS/OIS/AP) and region (covering/PRI/VI) benchmark")
@@ -86,22 +92,34 @@ def run_edges(args, params, cfg, run) -> int:
         if hshards.finished(out, shard):
             log.info("edges: shard %s already finished in %s; not recomputed", shard_name(shard), out)
             return 0
-    set_threads()
-    dev = str(select_device(cfg["device"], "edges"))
-    model = load_hed(ec["weights"], dev, channels_last=True)
-    index, t0 = [], time.time()
-    with hshards.output_folder(out, shard) as (tmp, index_file):
-        it = iter_edges(model, items, ec["batch_size"], dev, tuple(ec["scales"]), cfg["min_image_size"])
-        for item, e in tqdm(it, total=len(items), desc=f"edges {src.name}"):
-            save_record(tmp / f"{item.key}.npz", **edge_record(e))
-            index.append({"key": item.key, "image": str(item.path), "image_id": item.image_id,
-                          "edges": f"{item.key}.npz", "height": e.shape[0], "width": e.shape[1]})
-        index.sort(key=lambda r: r["key"])
-        write_json(index_file, {"source": str(src), "images": index})
-        metrics = {"n_images": len(index), "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
-    run.write_metrics(args.metrics, metrics)
-    print(f"edges: {len(index)} images -> {out} ({metrics['seconds_per_image']:.2f} s/image)")
+    fingerprint = params_hash([str(src), ec, cfg["min_image_size"]])
+    with hshards.StageOutput(out, shard, fingerprint, "edges") as w:
+        todo = [it for it in items if it.key not in w.entries]
+        if w.resumed:
+            log.info("edges: resuming shard %s after %d finished images", shard_name(shard), w.resumed)
+        t0 = time.time()
+        if todo:
+            set_threads()
+            dev = str(select_device(cfg["device"], "edges"))
+            model = load_hed(ec["weights"], dev, channels_last=True)
+            it = iter_edges(model, todo, ec["batch_size"], dev, tuple(ec["scales"]), cfg["min_image_size"])
+            for item, e in tqdm(it, total=len(todo), desc=f"edges {src.name}"):
+                save_record(w.file(item.key), **edge_record(e))
+                w.add({"key": item.key, "image": str(item.path), "image_id": item.image_id,
+                       "height": e.shape[0], "width": e.shape[1]})
+        metrics = {"n_images": len(w.entries), "seconds_per_image": (time.time() - t0) / max(len(todo), 1)}
+        w.finish({"source": str(src)}, metrics)
+    _write_metrics(run, args.metrics, metrics)
+    print(f"edges: {metrics['n_images']} images -> {out} ({metrics['seconds_per_image']:.2f} s/image)")
     return 0
+
+
+def _write_metrics(run, path, metrics: dict) -> None:
+    """The metrics JSON (DVC) when asked for, else (a shard) MLflow only."""
+    if path:
+        run.write_metrics(path, metrics)
+    else:
+        run.log_metrics(metrics)
 
 
 # ------------------------------------------------------------------------------------------------ ucm
@@ -115,7 +133,7 @@ def run_ucm(args, params, cfg, run) -> int:
     from longtail.hierarchy.process import load_edges, load_index, save_tree, tree_from_edges
 
     uc = cfg["ucm"]
-    edir = Path(args.edges)
+    edir = hshards.hierarchy_dir(args.edges)
     entries = load_index(edir, "edge map")
     out, shard = Path(args.out_dir), _shard(args)
     if shard:
@@ -123,28 +141,32 @@ def run_ucm(args, params, cfg, run) -> int:
         if hshards.finished(out, shard):
             log.info("ucm: shard %s already finished in %s; not recomputed", shard_name(shard), out)
             return 0
-    index, leaves, t0, fig_rows = [], [], time.time(), []
-    with hshards.output_folder(out, shard) as (tmp, index_file):
-        for r in tqdm(entries, desc=f"ucm {edir.name}"):
+    fingerprint = params_hash([str(edir), uc, [r.get("digest") for r in entries]])
+    fig_rows = []
+    with hshards.StageOutput(out, shard, fingerprint, "tree") as w:
+        todo = [r for r in entries if r["key"] not in w.entries]
+        if w.resumed:
+            log.info("ucm: resuming shard %s after %d finished images", shard_name(shard), w.resumed)
+        t0 = time.time()
+        for r in tqdm(todo, desc=f"ucm {edir.name}"):
             rec = load_edges(edir / r["edges"])
             tree = tree_from_edges(rec, uc["max_leaves"], uc["use_orientation"], uc["boundary"],
                                    uc["mix_weight"])
-            save_tree(tmp / f"{r['key']}.npz", tree)
-            leaves.append(tree.n_leaves)
-            index.append({**{k: r[k] for k in ("key", "image", "image_id", "height", "width")},
-                          "tree": f"{r['key']}.npz", "n_leaves": tree.n_leaves})
+            save_tree(w.file(r["key"]), tree)
+            w.add({**{k: r[k] for k in ("key", "image", "image_id", "height", "width")}, "n_leaves": tree.n_leaves})
             if args.figure and len(fig_rows) < cfg["figures"]["n_images"]:
                 fig_rows.append((Path(r["image"]).name, load_rgb(r["image"], 1), rec["edges"], tree))
-        write_json(index_file, {"edges": str(edir), "images": index})
-        metrics = {"n_images": len(index), "mean_leaves": float(np.mean(leaves)) if leaves else 0.0,
-                   "seconds_per_image": (time.time() - t0) / max(len(index), 1)}
-    run.write_metrics(args.metrics, metrics)
+        leaves = [e["n_leaves"] for e in w.entries.values()]
+        metrics = {"n_images": len(leaves), "mean_leaves": float(np.mean(leaves)) if leaves else 0.0,
+                   "seconds_per_image": (time.time() - t0) / max(len(todo), 1)}
+        w.finish({"edges": str(edir)}, metrics)
+    _write_metrics(run, args.metrics, metrics)
     if args.figure:
         if not fig_rows:
             raise LongtailError(f"--figure: {edir} has no images to draw")
         hierarchy_grid(fig_rows, cfg["figures"]["levels"], args.figure)
         run.log_artifact(args.figure)
-    print(f"ucm: {len(index)} trees -> {out} (mean {metrics['mean_leaves']:.0f} leaves)")
+    print(f"ucm: {metrics['n_images']} trees -> {out} (mean {metrics['mean_leaves']:.0f} leaves)")
     return 0
 
 
@@ -155,9 +177,30 @@ def _shard(args) -> tuple[int, int] | None:
 @stage_verb("gather-hierarchy", "hierarchy")
 def run_gather(args, params, cfg, run) -> int:
     index = hshards.gather(args.dir, args.shards)
-    run.log_metrics({"n_images": len(index["images"]), "shards": index["num_shards"]})
+    metrics = index["metrics"]
+    _write_metrics(run, args.metrics, metrics)
+    if args.figure:
+        _gather_figure(index, hshards.hierarchy_dir(args.dir), cfg, args.figure)
+        run.log_artifact(args.figure)
     print(f"gather: {index['num_shards']} shards, {len(index['images'])} images -> {Path(args.dir) / 'index.json'}")
     return 0
+
+
+def _gather_figure(index: dict, out: Path, cfg: dict, figure: str) -> None:
+    """The ucm figure of a gathered tree folder: its first images (by key), their edge maps and trees."""
+    from longtail.hierarchy.figures import hierarchy_grid
+    from longtail.hierarchy.images import load_rgb
+    from longtail.hierarchy.process import load_edges, load_index
+    from longtail.hierarchy.tree import load_region_tree
+
+    if "edges" not in index or not index["images"]:
+        raise LongtailError(f"--figure: {out / 'index.json'} is not a ucm folder with images (no 'edges' folder "
+                            f"or no image); draw figures of `longtail ucm` outputs only")
+    edir = Path(index["edges"])
+    edges = {r["key"]: r["edges"] for r in load_index(edir, "edge map")}
+    rows = [(Path(r["image"]).name, load_rgb(r["image"], 1), load_edges(edir / edges[r["key"]])["edges"],
+             load_region_tree(out / r["tree"])) for r in index["images"][:cfg["figures"]["n_images"]]]
+    hierarchy_grid(rows, cfg["figures"]["levels"], figure)
 
 
 # ------------------------------------------------------------------------------------------------ bsds
