@@ -146,9 +146,13 @@ def test_gt_class_of_proposals(tmp_path):
 
 
 # -- the CLI end to end ---------------------------------------------------------------------------------------
-def run_cli(tmp_path, gt, props, recs, cats, space="poincare", extra=(), Z=None):
+def run_cli(tmp_path, gt, props, recs, cats, space="poincare", extra=(), Z=None, anchor_cats=None):
+    """cluster + evaluate on planted embeddings; ``anchor_cats``: only these categories get anchors."""
     all_cats = [c["id"] for c in gt["categories"]]
     Zp, A, Acat = planted_embeddings(cats, all_cats)
+    if anchor_cats is not None:
+        keep = np.isin(Acat, list(anchor_cats))
+        A, Acat = A[keep], Acat[keep]
     if Z is not None:
         Zp = Z
     if space == "euclidean":
@@ -211,15 +215,52 @@ def test_cli_swapped_labels_hand_computed(tmp_path):
 
 
 def test_cli_lvis_metrics_and_missing_anchor(tmp_path):
-    lvis_ids = {im["id"] for im in json.loads(LVIS.read_text())["images"]}
-    gt, props, recs, cats = gt_proposals(tmp_path, n_images=30,
-                                         extra_ids=[i for i in lvis_ids if i in
-                                                    {im["id"] for im in json.loads(VAL.read_text())["images"]}])
-    _, m, _ = run_cli(tmp_path, gt, props, recs, cats, extra=["--set", f"discovery.lvis_json={LVIS}"])
-    assert m["lvis"]["images"] >= 1
+    """LVIS AP through the synsets, and one novel category without anchors: its cluster stays novel (AP 0)."""
+    lv = json.loads(LVIS.read_text())
+    val_ids = {im["id"] for im in json.loads(VAL.read_text())["images"]}
+    both = sorted({im["id"] for im in lv["images"]} & val_ids)
+    gt, props, recs, cats = gt_proposals(tmp_path, n_images=30, extra_ids=both)
+    img_ids = {r["image_id"] for r in recs} | set(both)
+    # COCO id -> LVIS id through the synsets, written here from the files (COCO name -> synset -> LVIS id)
+    syn = json.loads((REPO_ROOT / "data/lvis/coco_to_synset.json").read_text())
+    lvis_of_syn = {c["synset"]: c["id"] for c in lv["categories"]}
+    to_lvis = {c["id"]: lvis_of_syn[syn[c["name"]]["synset"]] for c in gt["categories"]
+               if c["name"] in syn and syn[c["name"]]["synset"] in lvis_of_syn}
+    freq = {c["id"]: c["frequency"] for c in lv["categories"]}
+    novel = {c["id"] for c in gt["categories"] if c["split"] == "novel"}
+    present = sorted(set(cats.tolist()))
+    novel_present = [c for c in present if c in novel]
+    # the missing category: novel, with an LVIS synset and a proposal on an LVIS image (changes every count below)
+    on_lvis = {int(c) for r, c in zip(recs, cats) if r["image_id"] in set(both)}
+    c0 = min(c for c in novel_present if c in to_lvis and c in on_lvis)
+    _, m, k = run_cli(tmp_path, gt, props, recs, cats, extra=["--set", f"discovery.lvis_json={LVIS}"],
+                      anchor_cats=[c for c in present if c != c0])
+    assert m["categories_without_anchor"] == [c0] and m["num_categories_without_anchor"] == 1
+    assert m["num_anchors"] == 3 * (len(present) - 1)
+    # k = #categories, k - 1 of them with anchors: c0's cluster is the one novel cluster, the others keep their label
+    assert m["clusters_novel"] == 1 and m["clusters_matched"] == k - 1 == len(present) - 1
+    labelled = [c for c in present if c != c0]
+    assert m["novel"]["detections"] == int(sum(c in novel and c != c0 for c in cats))
+    assert m["novel"]["categories_evaluated"] == len(novel_present)
+    assert m["novel"]["AP"] == pytest.approx((len(novel_present) - 1) / len(novel_present))
+    # LVIS: the detections on LVIS images of categories with an LVIS synset, minus c0's (novel: no detection)
+    lvis_imgs = {im["id"] for im in lv["images"]} & img_ids
+    want = sum(1 for r, c in zip(recs, cats) if r["image_id"] in lvis_imgs and c in to_lvis and c != c0)
+    assert 0 < want < sum(1 for r, c in zip(recs, cats) if r["image_id"] in lvis_imgs and c in to_lvis)
+    assert m["lvis"]["detections"] == want
+    assert m["lvis"]["images"] == len(lvis_imgs) == len(both)
+    assert m["lvis"]["categories_evaluated"] == len({a["category_id"] for a in lv["annotations"]
+                                                     if a["image_id"] in lvis_imgs})
     for key in ("AP", "APr", "APc", "APf"):
         assert m["lvis"][key] is None or 0.0 <= m["lvis"][key] <= 1.0
-    assert {"purity_r", "purity_c", "purity_f"} & set(m["purity"])
+    # purity per LVIS frequency group (of the COCO categories with a synset) of the cluster labels: pure clusters
+    groups = sorted({freq[lid] for lid in to_lvis.values()})
+    assert sorted(key[len("purity_"):] for key in m["purity"] if key.startswith("purity_")) == groups
+    for g in groups:
+        n_g = sum(1 for c in labelled if c in to_lvis and freq[to_lvis[c]] == g)
+        assert m["purity"][f"clusters_{g}"] == n_g, g
+        assert m["purity"][f"purity_{g}"] == (pytest.approx(1.0) if n_g else None), g
+    assert m["purity"]["clusters"] == len(labelled)
 
 
 def test_bad_inputs(tmp_path):
