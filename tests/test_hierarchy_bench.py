@@ -85,3 +85,45 @@ def test_missing_or_bad_groundtruth_names_the_file(tmp_path):
     bad.write_bytes(b"not a mat file")
     with pytest.raises(LongtailError, match="bad.mat"):
         bench.load_groundtruth(bad)
+
+
+
+def test_bsds_gpb_owt_ucm_row_reproduces_test_1():
+    """The `longtail bsds --reference-ucm` row gpb_owt_ucm (score_images + summarize of longtail.hierarchy.bsds, as
+    the verb calls them, on the BSDS gPb-owt-ucm2 files of the benchmark's 5 images) is the benchmark's own test_1
+    output: every number and every per-threshold curve. (The verb's HED + OWT-UCM pass, which only adds the other
+    rows, is left out: minutes on the CI machine.)"""
+    from longtail.hierarchy.bsds import score_images, summarize
+
+    th = bench.thresholds(5)
+    bc = {"rows": [], "max_dist": 0.0075, "thin": True, "thresholds": 5}   # the params.yaml bench settings
+    tasks = []
+    for i in IDS:
+        ref = loadmat(str(SAMPLE / "ucm2" / f"{i}.mat"))["ucm2"].astype(np.float64)
+        # (key, HED edges, pipeline ucm2, reference ucm2, GT path, thresholds, bench config); rows=[]: only the
+        # reference is scored, so the edges / pipeline ucm2 slots only need the image's shape
+        tasks.append((i, np.zeros(ref[2::2, 2::2].shape), np.zeros_like(ref), ref,
+                      str(SAMPLE / "groundTruth" / f"{i}.mat"), th, bc))
+    results = score_images(tasks, 1)
+    metrics, flat = summarize(results, IDS, th, bc, 0.0, 0.0)
+    assert metrics["n_images"] == 5 and set(metrics["rows"]) == {"gpb_owt_ucm"}
+    row = metrics["rows"]["gpb_owt_ucm"]
+    b, reg, curves = row["boundary"], row["region"], row["curves"]
+    # eval_bdry.txt: bestT bestR bestP bestF R_max P_max F_max Area_PR (correspondPixels: within 1e-3)
+    np.testing.assert_allclose([b["ODS_threshold"], b["ODS_recall"], b["ODS_precision"], b["ODS"], b["OIS_recall"],
+                                b["OIS_precision"], b["OIS"], b["AP"]], _expected("test_1/eval_bdry.txt"), atol=1e-3)
+    thr = _expected("test_1/eval_bdry_thr.txt").reshape(-1, 4)        # T, R, P, F per threshold
+    np.testing.assert_allclose(curves["boundary"]["threshold"], thr[:, 0], atol=1e-5)
+    np.testing.assert_allclose(np.array([curves["boundary"][k] for k in ("recall", "precision", "f")]).T, thr[:, 1:],
+                               atol=1e-3)
+    np.testing.assert_allclose([reg["covering_ODS_threshold"], reg["covering_ODS"], reg["covering_OIS"],
+                                reg["covering_best"]], _expected("test_1/eval_cover.txt"), atol=1e-5)
+    np.testing.assert_allclose([reg["PRI_ODS_threshold"], reg["PRI_ODS"], reg["PRI_OIS"], reg["VI_ODS_threshold"],
+                                reg["VI_ODS"], reg["VI_OIS"]], _expected("test_1/eval_RI_VOI.txt"), atol=1e-5)
+    np.testing.assert_allclose(curves["region"]["covering"],
+                               _expected("test_1/eval_cover_th.txt").reshape(-1, 2)[:, 1], atol=1e-5)
+    rv = _expected("test_1/eval_RI_VOI_thr.txt").reshape(-1, 3)        # T, PRI, VI per threshold
+    np.testing.assert_allclose(curves["region"]["PRI"], rv[:, 1], atol=1e-5)
+    np.testing.assert_allclose(curves["region"]["VI"], rv[:, 2], atol=1e-5)
+    # the MLflow numbers are the row's
+    assert flat["gpb_owt_ucm.ODS"] == b["ODS"] and flat["gpb_owt_ucm.covering_ODS"] == reg["covering_ODS"]
