@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -93,23 +94,80 @@ def test_maskrcnn_resumes_from_last_checkpoint(maskrcnn, data, tmp_path):
     assert (work / "iter_3.pth").exists()
 
 
+def _rle(seg: dict) -> dict:
+    """A stored RLE as pycocotools takes it (counts as bytes)."""
+    c = seg["counts"]
+    return {"size": list(seg["size"]), "counts": c.encode("ascii") if isinstance(c, str) else c}
+
+
+def _cocoeval_ar100(val: dict, records: list[dict], split: str, iou_type: str) -> float:
+    """AR@100 by pycocotools' COCOeval itself, class-agnostic (useCats=0), GT = the ``split`` categories'
+    annotations (base, novel or all) on every image of ``val``, every proposal of ``records``."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cats = {c["id"] for c in val["categories"] if split == "all" or c["split"] == split}
+    gt = COCO()
+    gt.dataset = {"images": val["images"], "categories": [{"id": 1, "name": "object"}],
+                  "annotations": [dict(a, category_id=1) for a in val["annotations"] if a["category_id"] in cats]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dets = [{"image_id": r["image_id"], "category_id": 1, "score": r["score"],
+                 **({"segmentation": _rle(r["segmentation"])} if iou_type == "segm" else {"bbox": r["bbox"]})}
+                for r in records]
+        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
+        ev.params.useCats = 0
+        ev.params.imgIds = sorted(im["id"] for im in val["images"])
+        ev.params.maxDets = [1, 10, 100]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[8])                                     # AR at maxDets 100
+
+
 @pytest.mark.slow
 def test_maskrcnn_propose_and_eval(maskrcnn, data, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    from longtail.common.params import load_params
+
     root, _, val = data
+    pcfg = load_params()["proposals"]
+    topk, nms_iou = int(pcfg["topk"]), float(pcfg["nms_iou"])
     out = tmp_path / "maskrcnn" / "val"
     assert main(["propose", "--method", "maskrcnn", "--model-dir", str(maskrcnn), "--dataset",
                  str(root / "val.json"), "--out-dir", str(out), "--device", "cpu"]) == 0
     index, recs = read_proposals(out)
-    assert index["model_dir"] == str(maskrcnn)
-    assert len(index["images"]) == len(val["images"])
-    assert all(im["num_proposals"] <= 50 for im in index["images"])
+    assert index["model_dir"] == str(maskrcnn) and index["topk"] == topk and index["nms_iou"] == nms_iou
+    assert sorted(im["id"] for im in index["images"]) == sorted(im["id"] for im in val["images"])
     assert all(r["category_id"] == 1 and 0.0 <= r["score"] <= 1.0 for r in recs)
+    sizes = {im["id"]: [im["height"], im["width"]] for im in val["images"]}
+    pairs = 0
+    for im in index["images"]:
+        mine = [r for r in recs if r["image_id"] == im["id"]]
+        assert len(mine) == im["num_proposals"] <= topk
+        scores = [r["score"] for r in mine]
+        assert scores == sorted(scores, reverse=True)
+        assert all(list(r["segmentation"]["size"]) == sizes[im["id"]] for r in mine)
+        rles = [_rle(r["segmentation"]) for r in mine]
+        if len(rles) > 1:                                         # kept masks overlap at most the NMS IoU
+            iou = mask_utils.iou(rles, rles, [0] * len(rles))
+            off = iou[~np.eye(len(rles), dtype=bool)]
+            assert off.max() <= nms_iou + 1e-9, (im["id"], float(off.max()))
+            pairs += off.size
+    assert len(recs) > 0 and pairs > 0                            # the checks above saw real proposals
     metrics = tmp_path / "metrics.json"
     assert main(["eval-proposals", "--proposals", str(out), "--dataset", str(root / "val.json"),
                  "--out", str(metrics)]) == 0
     m = json.loads(metrics.read_text())
-    for sub in ("base", "novel", "all"):
-        assert 0.0 <= m["segm"][sub]["AR100"] <= 1.0
+    for iou_type in ("segm", "bbox"):
+        for sub in ("base", "novel", "all"):
+            want = _cocoeval_ar100(val, recs, sub, iou_type)
+            assert m[iou_type][sub]["AR100"] == pytest.approx(want, abs=1e-9), (iou_type, sub, want)
+    print({t: {s: m[t][s]["AR100"] for s in ("base", "novel", "all")} for t in ("segm", "bbox")})
 
 
 @pytest.mark.slow
