@@ -143,6 +143,35 @@ def test_coco_eval_hand_computed(tmp_path):
 def test_gt_class_of_proposals(tmp_path):
     gt, _, recs, cats = gt_proposals(tmp_path, n_images=20)
     assert np.array_equal(E.gt_class_of_proposals(recs, gt, 0.5), cats)
+    # sub-masks of one GT mask G (disjoint from the image's other masks), IoU = |P| / |G| by pixel count: the
+    # threshold is crossed at exactly 0.5 (>=), one pixel either side, and at 0.51 / 0.49
+    from longtail.common.masks import decode_mask
+
+    ims = {im["id"]: im for im in gt["images"]}
+    masks = {}
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0) and a["image_id"] in {r["image_id"] for r in recs}:
+            im = ims[a["image_id"]]
+            masks.setdefault(a["image_id"], []).append((a, decode_mask(to_rle(a["segmentation"], im["height"],
+                                                                               im["width"]))))
+    a, g = next((a, m) for anns in masks.values() for a, m in anns
+                if m.sum() >= 400 and m.sum() % 100 == 0
+                and not any((m & o).any() for b, o in anns if b is not a))
+    n = int(g.sum())
+    flat = np.flatnonzero(g.ravel())
+    sizes = [n // 2, n // 2 + 1, n // 2 - 1, 51 * n // 100, 49 * n // 100]
+    probes = []
+    for size in sizes:
+        p = np.zeros(g.size, bool)
+        p[flat[:size]] = True
+        probes.append(make_record(a["image_id"], p.reshape(g.shape), 1.0))
+    ious = [(decode_mask(to_rle(p["segmentation"], *g.shape)) & g).sum() / n for p in probes]
+    assert ious == [0.5, (n // 2 + 1) / n, (n // 2 - 1) / n, 0.51, 0.49]
+    c = a["category_id"]
+    assert E.gt_class_of_proposals(probes, gt, 0.5).tolist() == [c, c, -1, c, -1]
+    # the threshold is the argument's (n >= 400: 0.5 +- 1/n lies within 0.4975 .. 0.5025)
+    assert E.gt_class_of_proposals(probes, gt, 0.505).tolist() == [-1, -1, -1, c, -1]
+    assert E.gt_class_of_proposals(probes, gt, 0.49).tolist() == [c, c, c, c, c]
 
 
 # -- the CLI end to end ---------------------------------------------------------------------------------------
