@@ -84,10 +84,31 @@ def test_eval_base_only_oracle_has_zero_novel_recall(val_set):
     base = {c["id"] for c in d["categories"] if c["split"] == "base"}
     recs = gt_records({**d, "annotations": [a for a in d["annotations"] if a["category_id"] in base]})
     m = evaluate_proposals(d, recs)
-    assert m["base"]["AR100"] > 0.97
+    # counted from the GT: non-crowd instances per image, base and all
+    n_base = {}
+    n_all = {}
+    for a in d["annotations"]:
+        if not a.get("iscrowd", 0):
+            n_all[a["image_id"]] = n_all.get(a["image_id"], 0) + 1
+            if a["category_id"] in base:
+                n_base[a["image_id"]] = n_base.get(a["image_id"], 0) + 1
+    NB, NA = sum(n_base.values()), sum(n_all.values())
+    assert m["num_gt"] == {"base": NB, "novel": NA - NB, "all": NA} and 0 < NB < NA
+    # every base object has its exact mask: recall 1 at every IoU, precision 1 -> AP 1; at most K per image
+    assert m["base"]["AP"] == m["base"]["AR100"] == 1.0
+    assert max(n_base.values()) > 10   # so AR10 < 1: K caps the recall
+    for key, K in (("AR1", 1), ("AR10", 10)):
+        assert m["base"][key] == pytest.approx(sum(min(v, K) for v in n_base.values()) / NB, abs=1e-12), key
+        assert m["all"][key] == pytest.approx(sum(min(v, K) for v in n_base.values()) / NA, abs=1e-12), key
+    # on all objects: each base proposal matches its own mask (IoU 1), so the recall is the base share of the GT
+    # at every IoU threshold; precision is 1 up to that recall, 0 beyond: AP = share of the 101 recall points
+    share = NB / NA
+    assert m["all"]["AR100"] == pytest.approx(share, abs=1e-12)
+    ap = float((np.linspace(0, 1, 101) <= share).sum() / 101)
+    for key in ("AP", "AP50", "AP75"):
+        assert m["all"][key] == pytest.approx(ap, abs=1e-12), key
     # novel objects are found only where a base mask happens to overlap one (IoU >= 0.5): rare
     assert m["novel"]["AR100"] < 0.02
-    assert 0.0 < m["all"]["AR100"] < 0.9
     assert coco_eval(d, []) == {k: 0.0 for k in m["all"]}
 
 
