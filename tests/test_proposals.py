@@ -177,27 +177,40 @@ def test_error_analysis_background_and_foreground_false_positives():
 
 def test_error_analysis_cli(val_set, tmp_path):
     d, path = val_set
-    # proposals = GT masks with their last row of pixels (bottom of the bbox) removed -> FN errors only
-    recs = []
+    # proposals = the non-crowd GT masks; those that touch no other GT mask of their image lose their bottom row
+    # of pixels: each is matched to its own mask (IoU 0 with the others) and lacks exactly those pixels (FN); the
+    # others are exact copies (no error). So fFP = bFP = 0 and FN = the removed pixels, counted here.
     ims = {im["id"]: im for im in d["images"]}
+    gts = {}
     for a in d["annotations"]:
-        if a.get("iscrowd", 0):
-            continue
-        im = ims[a["image_id"]]
-        m = decode_mask(to_rle(a["segmentation"], im["height"], im["width"]))
-        ys = np.nonzero(m.any(1))[0]
-        m[ys.max() - 1:] = False
-        if m.any():
-            recs.append(make_record(a["image_id"], m, 1.0))
+        if not a.get("iscrowd", 0):
+            im = ims[a["image_id"]]
+            gts.setdefault(a["image_id"], []).append(decode_mask(to_rle(a["segmentation"], im["height"],
+                                                                        im["width"])))
+    recs, removed, eroded = [], 0, 0
+    for img_id, masks in gts.items():
+        cover = np.sum(masks, axis=0)   # how many GT masks cover each pixel
+        for g in masks:
+            m = g.copy()
+            ys = np.nonzero(m.any(1))[0]
+            if len(ys) > 1 and (cover[g] == 1).all():
+                m[ys.max()] = False
+                removed += int(g.sum() - m.sum())
+                eroded += 1
+            recs.append(make_record(img_id, m, 1.0))
+    assert 0 < eroded < len(recs)
     from longtail.proposals.format import write_proposals
     write_proposals(tmp_path / "p", recs, d["images"], method="eroded", dataset=str(path), topk=50, nms_iou=0.75)
     out = tmp_path / "errors.json"
     assert main(["error-analysis", "--proposals", str(tmp_path / "p"), "--dataset", str(path), "--out",
                  str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["pixels"]["FN"] > 0
-    assert r["pixel_fraction"]["FN"] > 0.9
-    assert r["dAP_FN"] > 0.0
+    assert r["method"] == "eroded" and r["matched"] == len(recs) and r["unmatched"] == 0
+    assert r["pixels"] == {"fFP": 0, "bFP": 0, "FN": removed}
+    assert r["pixel_fraction"] == {"fFP": 0.0, "bFP": 0.0, "FN": 1.0}
+    # correcting FN gives back every GT mask exactly: AP 1; correcting the absent types changes nothing
+    assert r["AP_FN"] == pytest.approx(1.0) and r["dAP_FN"] == pytest.approx(1.0 - r["AP"]) and r["AP"] < 1.0
+    assert r["dAP_fFP"] == 0.0 and r["dAP_bFP"] == 0.0 and r["AP_fFP"] == r["AP_bFP"] == r["AP"]
 
 
 def test_bad_input(tmp_path, capsys, val_set):
