@@ -11,7 +11,7 @@ AF_BACKBONE = [AF["backbone"]["checkpoint"]] if AF["backbone"]["checkpoint"] els
 rule propose_ucm:
     input:
         dataset=f"{DATA}/{{split}}.json",
-        trees=f"{AF['ucm']['tree_dir']}/{{split}}",
+        trees=f"{AF['ucm']['tree_dir']}/{{split}}/index.json",   # the gathered `longtail ucm` folder
         more_trees=expand("{d}/{{split}}", d=AF["ucm"]["more_tree_dirs"]),
     output:
         **proposal_shard("ucm"),

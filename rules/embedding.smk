@@ -13,7 +13,7 @@ rule train_embedding:
     input:
         proposals=proposal_set("{method}", "train"),
         # UCM region trees of the train images (hierarchy stage): extra parent/child pairs where present
-        trees=f"{HIER}/ucm/train",
+        trees=f"{HIER}/ucm/train/index.json",
     output:
         model=f"{EMB_DIR}/{{method}}/{{variant}}/model.pt",
         metrics=f"{EMB_DIR}/{{method}}/{{variant}}/metrics.json",
@@ -23,6 +23,7 @@ rule train_embedding:
     params:
         reads=config_keys("seed", "embedding"),
         out_dir=f"{EMB_DIR}/{{method}}/{{variant}}",
+        launch=longtail_launch,  # gpu > 1 (slurm profile): torchrun, DDP over the job's GPUs
     threads: 1 + EMB["num_workers"]       # the main process + its DataLoader workers
     resources:
         mem_mb=6000,
@@ -33,7 +34,7 @@ rule train_embedding:
     log:
         "results/logs/train_embedding_{method}_{variant}.log",
     shell:
-        "longtail train-embedding --proposals {input.proposals} --region-trees {input.trees} "
+        "{params.launch} train-embedding --proposals {input.proposals} --region-trees {input.trees} "
         "--variant {wildcards.variant} --out-dir {params.out_dir} 2> {log}"
 
 

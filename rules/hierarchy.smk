@@ -1,7 +1,12 @@
 # hierarchy: HED edges -> OWT-UCM region trees (COCO train/val of `longtail prepare`, BSDS500 val), the BSDS500
 # benchmark, and pixel embeddings trained from the region trees (Zhang & Maire 2020).
-# Outputs (HIER = hierarchy.out_dir): {edges,ucm}/<set>/, figures/hierarchy_<set>.png, bsds_val.json,
+# Outputs (HIER = hierarchy.out_dir): {edges,ucm}/<set>/ (shards/<i>-of-<N>/ + index.json,
+# longtail.hierarchy.shards), metrics/{edges,ucm}_<set>.json, figures/hierarchy_<set>.png, bsds_val.json,
 # pixel_embedding.pt
+# edges and ucm run as N shard jobs per image set (scattergather `hierarchy`, N = hierarchy.shards;
+# `--set-scatter hierarchy=N` overrides it): hierarchy_edges / hierarchy_ucm write <set>/shards/<i>-of-<N>/, one
+# job per shard, and gather_hierarchy_{edges,ucm} write <set>/index.json (+ the stage's metrics), the file
+# downstream rules take as the folder.
 HIER_SOURCES = {
     "train": rules.prepare.output.train,
     "val": rules.prepare.output.val,
@@ -14,14 +19,23 @@ wildcard_constraints:
     variant="[A-Za-z0-9_-]+",
 
 
+scattergather:
+    hierarchy=config["hierarchy"]["shards"],
+
+
+def hierarchy_set(stage, imgset="{imgset}"):
+    """The index.json of an edges / ucm folder: what downstream rules take as the folder."""
+    return f"{HIER}/{stage}/{imgset}/index.json"
+
+
 rule hierarchy_edges:
     input:
         source=lambda wc: HIER_SOURCES[wc.imgset],
     output:
-        edges=directory(f"{HIER}/edges/{{imgset}}"),
-        metrics=f"{HIER}/metrics/edges_{{imgset}}.json",
+        shard=directory(f"{HIER}/edges/{{imgset}}/shards/{{scatteritem}}"),
     params:
         reads=config_keys("hierarchy"),
+        out_dir=f"{HIER}/edges/{{imgset}}",
     threads: 2
     resources:
         mem_mb=6000,
@@ -30,20 +44,40 @@ rule hierarchy_edges:
     conda:
         "../envs/hierarchy.yaml"
     log:
-        "results/logs/hierarchy_edges_{imgset}.log",
+        "results/logs/hierarchy_edges_{imgset}_{scatteritem}.log",
     shell:
-        "longtail edges --source {input.source} --out-dir {output.edges} --metrics {output.metrics} 2> {log}"
+        "longtail edges --source {input.source} --out-dir {params.out_dir} --shard {wildcards.scatteritem} 2> {log}"
+
+
+rule gather_hierarchy_edges:
+    input:
+        shards=lambda wc: gather.hierarchy(f"{HIER}/edges/{wc.imgset}/shards/{{scatteritem}}"),
+    output:
+        index=hierarchy_set("edges"),
+        metrics=f"{HIER}/metrics/edges_{{imgset}}.json",
+    params:
+        reads=config_keys("hierarchy.shards"),
+        out_dir=f"{HIER}/edges/{{imgset}}",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/hierarchy.yaml"
+    log:
+        "results/logs/gather_hierarchy_edges_{imgset}.log",
+    shell:
+        "longtail gather-hierarchy --dir {params.out_dir} --metrics {output.metrics} 2> {log}"
 
 
 rule hierarchy_ucm:
     input:
-        edges=rules.hierarchy_edges.output.edges,
+        edges=hierarchy_set("edges"),
     output:
-        trees=directory(f"{HIER}/ucm/{{imgset}}"),
-        metrics=f"{HIER}/metrics/ucm_{{imgset}}.json",
-        figure=f"{HIER}/figures/hierarchy_{{imgset}}.png",
+        shard=directory(f"{HIER}/ucm/{{imgset}}/shards/{{scatteritem}}"),
     params:
         reads=config_keys("hierarchy"),
+        out_dir=f"{HIER}/ucm/{{imgset}}",
     threads: 1
     resources:
         mem_mb=4000,
@@ -51,10 +85,32 @@ rule hierarchy_ucm:
     conda:
         "../envs/hierarchy.yaml"
     log:
-        "results/logs/hierarchy_ucm_{imgset}.log",
+        "results/logs/hierarchy_ucm_{imgset}_{scatteritem}.log",
     shell:
-        "longtail ucm --edges {input.edges} --out-dir {output.trees} --metrics {output.metrics} "
-        "--figure {output.figure} 2> {log}"
+        "longtail ucm --edges {input.edges} --out-dir {params.out_dir} --shard {wildcards.scatteritem} 2> {log}"
+
+
+rule gather_hierarchy_ucm:
+    input:
+        shards=lambda wc: gather.hierarchy(f"{HIER}/ucm/{wc.imgset}/shards/{{scatteritem}}"),
+    output:
+        index=hierarchy_set("ucm"),
+        metrics=f"{HIER}/metrics/ucm_{{imgset}}.json",
+        figure=f"{HIER}/figures/hierarchy_{{imgset}}.png",
+    params:
+        reads=config_keys("hierarchy.shards", "hierarchy.figures"),
+        out_dir=f"{HIER}/ucm/{{imgset}}",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/hierarchy.yaml"
+    log:
+        "results/logs/gather_hierarchy_ucm_{imgset}.log",
+    shell:
+        "longtail gather-hierarchy --dir {params.out_dir} --metrics {output.metrics} --figure {output.figure} "
+        "2> {log}"
 
 
 HIER_VARIANTS = config["hierarchy"]["edge_variants"]
@@ -135,7 +191,7 @@ rule hierarchy_bsds:
 
 rule train_pixel_embedding:
     input:
-        trees=f"{HIER}/ucm/train",
+        trees=hierarchy_set("ucm", "train"),
         images="data/bsds500/images/val",
         gt="data/bsds500/groundTruth/val",
     output:
@@ -158,5 +214,5 @@ rule train_pixel_embedding:
         "--out {output.model} --metrics {output.metrics} 2> {log}"
 
 
-EXTRA_TARGETS += expand(f"{HIER}/ucm/{{imgset}}", imgset=list(HIER_SOURCES))
+EXTRA_TARGETS += expand(hierarchy_set("ucm", "{imgset}"), imgset=list(HIER_SOURCES))
 EXTRA_TARGETS += [rules.hierarchy_bsds.output.metrics, rules.train_pixel_embedding.output.model]

@@ -139,10 +139,13 @@ def _area(seg) -> int:
 # --- region trees, per image --------------------------------------------------------------------------------
 
 class RegionTreeIndex:
-    """``longtail ucm`` output (``index.json`` + ``<key>.npz``): the tree of one image is loaded on demand."""
+    """``longtail ucm`` output (``index.json`` naming each image's ``.npz``): the tree of one image is loaded on
+    demand."""
 
     def __init__(self, trees_dir: str | Path):
-        self.dir = Path(trees_dir)
+        from longtail.hierarchy.shards import hierarchy_dir
+
+        self.dir = hierarchy_dir(trees_dir)               # the folder or its index.json
         index = read_json(self.dir / "index.json", "region tree index")
         if not isinstance(index, dict) or not isinstance(index.get("images"), list):
             raise LongtailError(f"{self.dir / 'index.json'}: no 'images' list; rerun `longtail ucm`.")

@@ -45,8 +45,9 @@ _HED = {}
 def region_trees(trees_dir: str | os.PathLike) -> dict:
     """Paths of the trees of a `longtail ucm` folder, keyed by COCO image id (when known), key and image path."""
     from longtail.common.io import read_json
+    from longtail.hierarchy.shards import hierarchy_dir
 
-    trees_dir = Path(trees_dir)
+    trees_dir = hierarchy_dir(trees_dir)                # the folder or its index.json
     idx = read_json(trees_dir / "index.json", what="region tree index")
     out: dict = {}
     for r in idx.get("images", []):

@@ -355,8 +355,9 @@ class TreeImages(torch.utils.data.Dataset):
     def __init__(self, trees_dir: str | os.PathLike, max_regions: int, min_size: int = 32,
                  distance_norm: str = "raw"):
         from longtail.hierarchy.process import load_index
+        from longtail.hierarchy.shards import hierarchy_dir
 
-        self.dir = Path(trees_dir)
+        self.dir = hierarchy_dir(trees_dir)               # the folder or its index.json
         self.entries = load_index(self.dir, "region tree")
         self.max_regions, self.min_size, self.norm = int(max_regions or 0), int(min_size), distance_norm
 

@@ -82,7 +82,9 @@ def load_index(folder: str | os.PathLike, what: str) -> list[dict]:
     from longtail.common.errors import LongtailError
     from longtail.common.io import read_json
 
-    folder = Path(folder)
+    from longtail.hierarchy.shards import hierarchy_dir
+
+    folder = hierarchy_dir(folder)                      # the folder or its index.json
     idx = read_json(folder / "index.json", what=f"{what} index")
     if "images" not in idx:
         raise LongtailError(f"{folder / 'index.json'}: no 'images' list; rerun the stage that wrote it")

@@ -23,6 +23,7 @@ boundary lengths and boundary saliency sums are accumulated bottom-up (an edge b
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import higra as hg
@@ -371,6 +372,26 @@ def ucm_proposals(parents: np.ndarray, altitudes: np.ndarray, leaf_labels: np.nd
     return masks, s[keep]
 
 
+def _indexed_tree(folder: Path, image: dict, names) -> Path | None:
+    """The tree file ``<folder>/index.json`` lists for the image (by id, then key), if the folder has an index."""
+    idx = folder / "index.json"
+    if not idx.exists():
+        return None
+    files = _tree_files(str(folder), idx.stat().st_mtime_ns)
+    hit = files.get(int(image["id"]))
+    if hit is None:
+        hit = next((files[n] for n in names if n in files), None)
+    return hit
+
+
+@functools.lru_cache(maxsize=8)
+def _tree_files(folder: str, mtime_ns: int) -> dict:
+    """{image id / key / image path: tree path} of a `longtail ucm` folder (cached per index version)."""
+    from longtail.hierarchy import region_trees
+
+    return region_trees(folder)
+
+
 def load_tree(tree_dir: str | Path | list, image: dict):
     """(parents, altitudes, leaf_labels) of a dataset image from the hierarchy stage's output directory.
 
@@ -382,7 +403,9 @@ def load_tree(tree_dir: str | Path | list, image: dict):
     dirs = [Path(p) for p in tree_dir] if isinstance(tree_dir, (list, tuple)) else [Path(tree_dir)]
     stem = Path(image["file_name"]).stem
     names = (f"{int(image['id']):012d}", str(image["id"]), stem)
-    for cand in (d / f"{n}.npz" for d in dirs for n in names):
+    # a folder with an index.json (sharded `longtail ucm`: shards/<i>-of-<N>/<key>.npz) names each image's file
+    indexed = [t for d in dirs for t in [_indexed_tree(d, image, names)] if t is not None]
+    for cand in indexed + [d / f"{n}.npz" for d in dirs for n in names]:
         if not cand.exists():
             continue
         with np.load(cand) as z:
