@@ -15,7 +15,7 @@ from longtail.cli import main
 from longtail.common.masks import decode_mask, encode_mask, to_rle
 from longtail.proposals.error_analysis import error_analysis
 from longtail.proposals.evaluation import coco_eval, evaluate_proposals
-from longtail.proposals.format import make_record, read_proposals
+from longtail.proposals.format import make_record, read_proposals, write_proposals
 from longtail.proposals.postprocess import gt_records, topk_mask_nms
 
 
@@ -175,31 +175,41 @@ def test_error_analysis_background_and_foreground_false_positives():
     assert r["matched"] == 0 and r["unmatched"] == 1 and sum(r["pixels"].values()) == 0
 
 
-def test_error_analysis_cli(val_set, tmp_path):
-    d, path = val_set
-    # proposals = the non-crowd GT masks; those that touch no other GT mask of their image lose their bottom row
-    # of pixels: each is matched to its own mask (IoU 0 with the others) and lacks exactly those pixels (FN); the
-    # others are exact copies (no error). So fFP = bFP = 0 and FN = the removed pixels, counted here.
+def eroded_gt_records(d: dict, cat_ids=None, erode=True, frac=0.0) -> tuple[list[dict], list[float], int]:
+    """Proposals = the non-crowd GT masks (of ``cat_ids``, default all); with ``erode`` those that touch no other
+    GT mask of their image lose their bottom row of pixels (their bottom ``frac`` of rows, at least one). Each proposal lies inside its own mask and overlaps
+    no other mask unless it is an exact copy, so it is matched to its own mask at IoU = its pixels / the mask's.
+    Returns (records, that IoU per record, pixels removed)."""
     ims = {im["id"]: im for im in d["images"]}
     gts = {}
     for a in d["annotations"]:
         if not a.get("iscrowd", 0):
             im = ims[a["image_id"]]
-            gts.setdefault(a["image_id"], []).append(decode_mask(to_rle(a["segmentation"], im["height"],
-                                                                        im["width"])))
-    recs, removed, eroded = [], 0, 0
+            keep = cat_ids is None or a["category_id"] in cat_ids
+            gts.setdefault(a["image_id"], []).append((keep, decode_mask(to_rle(a["segmentation"], im["height"],
+                                                                              im["width"]))))
+    recs, ious, removed = [], [], 0
     for img_id, masks in gts.items():
-        cover = np.sum(masks, axis=0)   # how many GT masks cover each pixel
-        for g in masks:
+        cover = np.sum([g for _, g in masks], axis=0)   # how many GT masks cover each pixel
+        for keep, g in masks:
+            if not keep:
+                continue
             m = g.copy()
             ys = np.nonzero(m.any(1))[0]
-            if len(ys) > 1 and (cover[g] == 1).all():
-                m[ys.max()] = False
+            if erode and len(ys) > 1 and (cover[g] == 1).all():
+                n = min(len(ys) - 1, max(1, int(frac * (ys.max() - ys.min() + 1))))
+                m[ys.max() - n + 1:] = False
                 removed += int(g.sum() - m.sum())
-                eroded += 1
             recs.append(make_record(img_id, m, 1.0))
-    assert 0 < eroded < len(recs)
-    from longtail.proposals.format import write_proposals
+            ious.append(int(m.sum()) / int(g.sum()))
+    return recs, ious, removed
+
+
+def test_error_analysis_cli(val_set, tmp_path):
+    d, path = val_set
+    # proposals inside their own GT mask, disjoint from the others: fFP = bFP = 0, FN = the removed pixels
+    recs, ious, removed = eroded_gt_records(d)
+    assert 0 < sum(i < 1 for i in ious) < len(recs)
     write_proposals(tmp_path / "p", recs, d["images"], method="eroded", dataset=str(path), topk=50, nms_iou=0.75)
     out = tmp_path / "errors.json"
     assert main(["error-analysis", "--proposals", str(tmp_path / "p"), "--dataset", str(path), "--out",
@@ -211,6 +221,58 @@ def test_error_analysis_cli(val_set, tmp_path):
     # correcting FN gives back every GT mask exactly: AP 1; correcting the absent types changes nothing
     assert r["AP_FN"] == pytest.approx(1.0) and r["dAP_FN"] == pytest.approx(1.0 - r["AP"]) and r["AP"] < 1.0
     assert r["dAP_fFP"] == 0.0 and r["dAP_bFP"] == 0.0 and r["AP_fFP"] == r["AP_bFP"] == r["AP"]
+
+
+def test_compare_proposals_cli(val_set, tmp_path):
+    """The ablation table of two real proposal sets, as the dcl_ablation rule lays them out: baseline = every GT
+    mask, variant = the base masks only, their bottom 10 % eroded as above. Expected numbers from the GT counts and the IoUs."""
+    d, path = val_set
+    base = {c["id"] for c in d["categories"] if c["split"] == "base"}
+    n_base, n_all = {}, {}
+    for a in d["annotations"]:
+        if not a.get("iscrowd", 0):
+            n_all[a["image_id"]] = n_all.get(a["image_id"], 0) + 1
+            n_base[a["image_id"]] = n_base.get(a["image_id"], 0) + (a["category_id"] in base)
+    NB, NA = sum(n_base.values()), sum(n_all.values())
+    sets = {"gt": eroded_gt_records(d, erode=False), "gt_base_eroded": eroded_gt_records(d, base, frac=0.1)}
+    for method, (recs, _, _) in sets.items():
+        folder = tmp_path / method
+        write_proposals(folder / "val", recs, d["images"], method=method, dataset=str(path), topk=100,
+                        nms_iou=1.0)
+        for verb, name in (("eval-proposals", "metrics_val.json"), ("error-analysis", "errors_val.json")):
+            assert main([verb, "--proposals", str(folder / "val"), "--dataset", str(path), "--out",
+                         str(folder / name)]) == 0
+    out = tmp_path / "dcl_ablation.json"
+    assert main(["compare-proposals", "--baseline", str(tmp_path / "gt"), "--variant",
+                 str(tmp_path / "gt_base_eroded"), "--split", "val", "--out", str(out)]) == 0
+    t = json.loads(out.read_text())
+    b, v = t["baseline"], t["variant"]
+    assert (b["method"], v["method"]) == ("gt", "gt_base_eroded")
+    cols = [f"{s}/{k}" for s in ("base", "novel", "all") for k in ("AP", "AP50", "AR10", "AR100")]
+    assert set(b) == set(v) == {"method", *cols, "dAP_fFP", "dAP_bFP", "dAP_FN"}
+    # baseline: every object has its exact mask
+    for key in ("all/AP", "all/AP50", "all/AR100", "base/AR100", "novel/AR100"):
+        assert b[key] == pytest.approx(1.0, abs=1e-12), key
+    assert b["all/AR10"] == pytest.approx(sum(min(n, 10) for n in n_all.values()) / NA, abs=1e-12)
+    assert b["dAP_fFP"] == b["dAP_bFP"] == b["dAP_FN"] == 0.0
+    # variant: base object g is found at IoU threshold t iff its proposal's IoU >= t (the 10 COCO thresholds)
+    _, ious, removed = sets["gt_base_eroded"]
+    assert removed > 0 and 0 < sum(i < 0.95 for i in ious) < len(ious) and min(ious) >= 0.5
+    thr = np.linspace(0.5, 0.95, 10)
+    found = sum(sum(i >= t for i in ious) for t in thr) / len(thr)
+    assert v["base/AR100"] == pytest.approx(found / NB, abs=1e-12) and v["base/AR100"] < 1
+    assert v["all/AR100"] == pytest.approx(found / NA, abs=1e-12)
+    assert v["all/AR10"] <= sum(min(n, 10) for n in n_base.values()) / NA
+    assert v["novel/AR100"] < 0.02
+    # only FN errors; correcting them gives the exact base masks, whose AP on all objects is the share of the 101
+    # recall points up to the base share of the GT (see test_eval_base_only_oracle)
+    ap_fixed = float((np.linspace(0, 1, 101) <= NB / NA).sum() / 101)
+    assert v["dAP_fFP"] == v["dAP_bFP"] == 0.0
+    assert v["dAP_FN"] == pytest.approx(ap_fixed - v["all/AP"], abs=1e-12) and v["dAP_FN"] > 0
+    # the delta row is variant - baseline, column by column
+    assert t["delta"] == pytest.approx({k: v[k] - b[k] for k in cols + ["dAP_fFP", "dAP_bFP", "dAP_FN"]},
+                                       abs=1e-12)
+    assert t["delta"]["all/AR100"] == pytest.approx(found / NA - 1, abs=1e-12)
 
 
 def test_bad_input(tmp_path, capsys, val_set):
