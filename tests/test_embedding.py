@@ -275,6 +275,36 @@ def test_losses_decrease_on_real_sample(params, sample_sets):
     assert summary["last_epoch_loss_total"] < summary["first_epoch_loss_total"]
 
 
+@pytest.mark.parametrize("space", ["poincare", "euclidean"])
+def test_pca_head_init_maps_crops_to_their_principal_components(params, sample_sets, space):
+    """head_init: pca (the feature-preserving init, issue 17): the untrained network's tangent vectors of the
+    training fg crops are their top principal components (numpy SVD of the same features), RMS norm
+    head_init_norm, through two ReLU layers."""
+    from longtail.embedding.crops import to_input
+    from longtail.embedding.train import InMemoryImages, build_model, init_head
+
+    cfg, ts = make_set(params, sample_sets, crop_size=32, hidden=[16, 8], dim=5, space=space, head_init="pca",
+                       head_init_images=0, head_init_norm=1.5, max_tangent_norm=0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    info = init_head(model, InMemoryImages(ts), cfg, seed=0)
+    assert info["head_init_crops"] == len(ts.crops) and info["head_init_components"] == 4   # 8 // 2 < dim
+    model.eval()
+    with torch.no_grad():
+        x = to_input(torch.as_tensor(ts.crops[:, 1]))
+        f = model.head_input(x).double().numpy()
+        v = model.tangent(x).numpy()
+    fc = f - f.mean(0)
+    proj = fc @ np.linalg.svd(fc, full_matrices=False)[2][:4].T
+    for j in range(4):                                     # each output = +-s * component j (the sign is free)
+        assert abs(np.corrcoef(v[:, j], proj[:, j])[0, 1]) > 0.999, j
+    assert np.allclose(v[:, 4], 0.0)                       # beyond what the hidden layers carry: 0 at the start
+    assert np.sqrt((v ** 2).sum(1).mean()) == pytest.approx(1.5, rel=0.02)
+    # the Poincare points of the untrained network are the components mapped into the ball
+    z = model(x).detach()
+    assert torch.allclose(z, model.space.expmap0(torch.as_tensor(v)), atol=1e-9)
+
+
 def test_checkpoint_resume_equals_uninterrupted_run(params, sample_sets, tmp_path):
     from longtail.embedding.train import build_model, train
 

@@ -20,6 +20,14 @@ The backbone (``embedding.backbone``) is a choice:
 the head convolution. 5 = the whole backbone fixed for both (only the FC layers learn; its features are then
 memoised per crop, see ``EmbeddingNet.features``).
 
+``feature_norm: l2`` divides the backbone features by their norm before the FC layers (the pooled features'
+norm varies with the crop's content; their direction carries the category). ``EmbeddingNet.init_head_pca``
+(``head_init: pca``, see ``longtail.embedding.train.init_head``) sets the FC layers so that the untrained network
+maps a crop to the top principal components of the training features, scaled to an RMS tangent norm of
+``head_init_norm``: each ReLU layer passes a component ``p`` as the pair (relu(p), relu(-p)) and the last
+linear layer takes their difference, so the map is exactly linear at the start (the "feature-preserving" init;
+a random init keeps little of the features' category signal, docs/embedding.md).
+
 The tangent vector is clipped to norm ``max_tangent_norm`` before the exponential map (0 = off): this keeps
 points away from the ball's boundary where tanh saturates and gradients vanish (a point's distance to the
 origin is then at most 2 * max_tangent_norm / sqrt(c)). The map and everything after it run in float64.
@@ -27,6 +35,7 @@ origin is then at most 2 * max_tangent_norm / sqrt(c)). The map and everything a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import geoopt
@@ -37,6 +46,7 @@ from torch import nn
 from longtail.common.errors import LongtailError
 
 SPACES = ("poincare", "euclidean")
+FEATURE_NORMS = ("none", "l2")
 BACKBONES = ("resnet18", "efficientnet_lite")
 FEATURE_CACHE_MAX = 200_000   # memoised crops of a frozen backbone (1280-d float32: about 1 GB at most)
 
@@ -157,9 +167,12 @@ class EmbeddingNet(nn.Module):
     def __init__(self, dim: int = 2, space: str = "poincare", curvature: float = 1.0,
                  hidden: tuple[int, ...] = (256, 64), max_tangent_norm: float = 0.0,
                  backbone_checkpoint: str | None = None, backbone: str | dict = "resnet18",
-                 frozen_stages: int = -1, pretrained: bool = True):
+                 frozen_stages: int = -1, pretrained: bool = True, feature_norm: str = "none"):
         super().__init__()
         self.dim = int(dim)
+        if feature_norm not in FEATURE_NORMS:
+            raise LongtailError(f"embedding.feature_norm: {feature_norm!r} is not one of {FEATURE_NORMS}")
+        self.feature_norm = feature_norm
         self.space = Space(space, curvature)
         self.max_tangent_norm = float(max_tangent_norm)
         self.backbone_spec = backbone_spec(backbone)
@@ -182,13 +195,15 @@ class EmbeddingNet(nn.Module):
         """The network of an embedding configuration (params.yaml's section with a variant applied, or the
         config saved in model.pt, which records the backbone); ``pretrained=False`` skips the ImageNet /
         checkpoint weights (when a saved state dict replaces them)."""
-        if "backbone" not in cfg:
-            raise LongtailError("embedding configuration without a 'backbone' (a model.pt saved before the "
-                                "backbone became a choice?); retrain it with `longtail train-embedding`.")
+        missing = [k for k in ("backbone", "feature_norm") if k not in cfg]
+        if missing:
+            raise LongtailError(f"embedding configuration without a {', '.join(map(repr, missing))} (a model.pt "
+                                f"saved by an older version of the code?); retrain it with `longtail train-embedding`.")
         return cls(dim=cfg["dim"], space=cfg["space"], curvature=cfg["curvature"], hidden=tuple(cfg["hidden"]),
                    max_tangent_norm=cfg["max_tangent_norm"],
                    backbone_checkpoint=cfg["backbone_checkpoint"] if pretrained else None,
-                   backbone=cfg["backbone"], frozen_stages=cfg["frozen_stages"], pretrained=pretrained)
+                   backbone=cfg["backbone"], frozen_stages=cfg["frozen_stages"], pretrained=pretrained,
+                   feature_norm=cfg["feature_norm"])
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module.load_state_dict; with ``strict``, a state dict of another backbone (or dim, hidden sizes)
@@ -233,8 +248,52 @@ class EmbeddingNet(nn.Module):
             return torch.stack([got[i] if i in got else self._feature_cache[k] for i, k in enumerate(keys)])
         return torch.stack([self._feature_cache[k] for k in keys])
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the FC layers see: the backbone features, L2-normalised with ``feature_norm: l2``."""
+        f = self.features(x)
+        return nn.functional.normalize(f, dim=-1) if self.feature_norm == "l2" else f
+
+    @torch.no_grad()
+    def init_head_pca(self, mean: torch.Tensor, cov: torch.Tensor, rms_norm: float) -> dict:
+        """Set the FC layers so that the network computes ``s * P (f - mean)``: P = the top principal directions
+        of ``cov`` (of the head inputs ``f``), as many as the layers can carry (``min(dim, hidden_i // 2)``),
+        ``s`` such that the RMS tangent norm is ``rms_norm``. A hidden layer's units 2r.. (if any) keep their
+        random init with zero outgoing weights; the outputs beyond r start at 0. Returns what was set."""
+        linears = [m for m in self.head if isinstance(m, nn.Linear)]
+        evals, evecs = torch.linalg.eigh(cov.double())
+        evals, comps = evals.flip(0).clamp_min(0), evecs.flip(1).T           # descending, rows = directions
+        mean = mean.double()
+        r = min(len(evals), *(lin.out_features // 2 for lin in linears[:-1]), self.dim)
+        if r < 1:
+            raise LongtailError("embedding.head_init: pca needs hidden layers of at least 2 units")
+        scale = float(rms_norm) / math.sqrt(max(float(evals[:r].sum()), 1e-30))
+        prev = None                                      # units carrying (relu(p_i), relu(-p_i)) of the previous layer
+        for li, lin in enumerate(linears):
+            W, b = lin.weight.double().clone(), torch.zeros(lin.out_features, dtype=torch.float64)
+            last = li == len(linears) - 1
+            rows = torch.eye(r, dtype=torch.float64)
+            if prev is None:                             # from the features: the principal directions
+                block, bias = comps[:r], -comps[:r] @ mean
+            else:                                        # from the previous layer's pairs: p_i = u_i - u_{r+i}
+                block = torch.zeros(r, W.shape[1], dtype=torch.float64)
+                block[:, :r], block[:, r:2 * r] = rows, -rows
+                bias = torch.zeros(r, dtype=torch.float64)
+                W[:, 2 * r:] = 0.0                       # units beyond the pairs: no say at the start
+            if last:
+                W[:] = 0.0 if prev is None else W
+                W[:r], b[:r] = scale * block, scale * bias
+                W[r:] = 0.0
+                b[r:] = 0.0
+            else:
+                W[:2 * r], b[:2 * r] = torch.cat([block, -block]), torch.cat([bias, -bias])
+                b[2 * r:] = lin.bias.double()[2 * r:]
+            lin.weight.copy_(W.to(lin.weight.dtype))
+            lin.bias.copy_(b.to(lin.bias.dtype))
+            prev = r
+        return {"components": r, "scale": scale, "explained_variance": float(evals[:r].sum() / evals.sum())}
+
     def tangent(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.head(self.features(x)).double()
+        v = self.head(self.head_input(x)).double()
         if self.max_tangent_norm > 0:
             norm = v.norm(dim=-1, keepdim=True).clamp_min(1e-15)
             v = v * (self.max_tangent_norm / norm).clamp(max=1.0)

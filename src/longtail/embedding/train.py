@@ -83,6 +83,46 @@ def build_model(cfg: dict) -> EmbeddingNet:
     return EmbeddingNet.from_config(cfg)
 
 
+@torch.no_grad()
+def init_head(model: EmbeddingNet, data, cfg: dict, seed: int, batch_crops: int = 256) -> dict:
+    """``head_init: pca``: mean and covariance of the head inputs of the fg crops of ``head_init_images``
+    training images (a seeded subset; 0 = all), accumulated image by image (memory: one F x F matrix), then
+    :meth:`EmbeddingNet.init_head_pca`. With a frozen backbone the features land in its memo, so the first
+    epoch does not compute them again. ``random`` leaves the layers' default init."""
+    if cfg["head_init"] == "random":
+        return {"head_init": "random"}
+    n = len(data)
+    k = n if not cfg["head_init_images"] else min(n, int(cfg["head_init_images"]))
+    pick = np.sort(np.random.default_rng([seed, 3]).choice(n, k, replace=False))
+    s1 = s2 = None
+    count, pending = 0, []
+
+    def flush():
+        nonlocal s1, s2, count
+        f = model.head_input(to_input(torch.cat(pending)).to(model_device(model))).double().cpu()
+        s1 = f.sum(0) if s1 is None else s1 + f.sum(0)
+        s2 = f.T @ f if s2 is None else s2 + f.T @ f
+        count += len(f)
+        pending.clear()
+
+    was_training = model.training
+    model.eval()
+    for i in pick:
+        pending.append(data[int(i)].crops[:, 1])               # the fg crops (kinds: full, fg, bg)
+        if sum(len(c) for c in pending) >= batch_crops:
+            flush()
+    if pending:
+        flush()
+    model.train(was_training)
+    if count < 2:
+        raise LongtailError("embedding.head_init: pca needs at least 2 training crops; use head_init: random")
+    mean = s1 / count
+    cov = (s2 - count * torch.outer(mean, mean)) / (count - 1)
+    out = model.init_head_pca(mean, cov, cfg["head_init_norm"])
+    return {"head_init": "pca", "head_init_crops": count, "head_init_components": out["components"],
+            "head_init_explained_variance": out["explained_variance"]}
+
+
 class InMemoryImages(torch.utils.data.Dataset):
     """The images of an in-RAM :class:`TrainingSet` as per-image items (same items as the streaming dataset)."""
 
@@ -217,6 +257,11 @@ def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | 
             log.info("resuming from %s at step %d/%d", ckpt, step, total)
         else:
             log.warning("checkpoint %s is from another configuration or data; starting over", ckpt)
+    init_info = {}
+    if step == 0:                                  # a resumed run has its trained head already
+        t_init = time.time()
+        init_info = init_head(model, data, cfg, seed)
+        init_info["head_init_seconds"] = round(time.time() - t_init, 3)
 
     def save(s: int) -> None:
         if ckpt is None or rank != 0:
@@ -274,7 +319,7 @@ def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | 
             if stop and step < total:
                 sig.preempt("train-embedding", step, total, ckpt, world)
     bar.close()
-    return summarize(history, spe, time.time() - t0)
+    return {**summarize(history, spe, time.time() - t0), **init_info}
 
 
 def summarize(history: list[dict], steps_per_epoch: int, seconds: float) -> dict:
