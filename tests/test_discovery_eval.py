@@ -292,6 +292,48 @@ def test_cli_lvis_metrics_and_missing_anchor(tmp_path):
     assert m["purity"]["clusters"] == len(labelled)
 
 
+def test_cluster_elbow_picks_planted_k(tmp_path, capsys):
+    """`cluster` with the default k: elbow on 5 well-separated planted clusters picks k = 5 from a grid around it
+    and recovers the clusters; fewer than 3 usable k is an error naming discovery.k_grid."""
+    rng = np.random.default_rng(3)
+    per, n = 40, 5
+    ang = np.arange(n) * 2 * np.pi / n
+    cen = BALL.expmap0(torch.tensor(np.stack([np.cos(ang), np.sin(ang)], 1) * 2.0))
+    Z = torch.cat([BALL.expmap(cen[i].expand(per, 2), BALL.transp0(cen[i].expand(per, 2),
+                                                                  torch.tensor(rng.normal(size=(per, 2)) * 0.05)))
+                   for i in range(n)]).numpy()
+    truth = np.repeat(np.arange(n), per)
+    emb = tmp_path / "emb.npz"
+    np.savez(emb, proposal_embeddings=Z, proposal_ids=np.arange(len(Z)), proposal_scores=np.ones(len(Z)),
+             anchor_embeddings=np.zeros((0, 2)), anchor_category_ids=np.zeros(0, np.int64), space="poincare",
+             curvature=1.0)
+    from longtail.common.params import load_params
+
+    assert load_params()["discovery"]["k"] == "elbow"   # the default, not set below
+    out = tmp_path / "c"
+    assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(out),
+                 "--set", "discovery.k_grid=[2, 3, 4, 5, 6, 7, 8, 10, 12]"]) == 0
+    cm = json.loads((out / "cluster_metrics.json").read_text())
+    el = json.loads((out / "elbow.json").read_text())
+    assert cm["k"] == cm["k_elbow"] == el["k_chosen"] == el["k_star"] == n
+    with np.load(out / "clusters.npz") as f:
+        assert int(f["k"]) == n
+        lab = f["labels"]
+    # the clustering at k = 5 is the planted one (up to the names of the clusters)
+    assert len({(int(a), int(b)) for a, b in zip(lab, truth)}) == n and len(set(lab.tolist())) == n
+    assert cm["explained_variation"] > 0.99
+    # fewer than 3 values of k: by the schema, and after dropping the k larger than the number of points
+    capsys.readouterr()
+    assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(tmp_path / "c2"),
+                 "--set", "discovery.k_grid=[2, 3]"]) == 2
+    assert "discovery.k_grid" in capsys.readouterr().err
+    assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(tmp_path / "c3"),
+                 "--set", f"discovery.k_grid=[2, 3, {len(Z) + 1}]"]) == 2
+    err = capsys.readouterr().err
+    assert "discovery.k_grid" in err and "fewer than 3" in err and str(len(Z)) in err
+    assert not (tmp_path / "c3" / "clusters.npz").exists()
+
+
 def test_bad_inputs(tmp_path):
     gt, props, recs, cats = gt_proposals(tmp_path, n_images=10)
     Z, A, Acat = planted_embeddings(cats, [c["id"] for c in gt["categories"]])
