@@ -368,6 +368,43 @@ def test_bad_inputs(tmp_path):
         load_embeddings(emb)
 
 
+def test_evaluate_input_errors_name_the_files(tmp_path, capsys):
+    """No anchors, anchors of categories absent from the GT, proposal ids outside the proposal set: each a
+    LongtailError (rc 2) naming the file, the offending key and values; nothing written."""
+    gt, props, recs, cats = gt_proposals(tmp_path, n_images=10)
+    Z, A, Acat = planted_embeddings(cats, [c["id"] for c in gt["categories"]])
+    sets = ["--set", "discovery.k=4", "--set", "discovery.baseline_seeds=0", "--set", "discovery.k_grid=[2, 3, 4]"]
+
+    def evaluate(name, Zx=Z, Ax=A, Acx=Acat, ids=None):
+        emb = tmp_path / f"{name}.npz"
+        write_npz(emb, Zx, Ax, Acx, recs)
+        if ids is not None:   # the same file with other proposal ids
+            with np.load(emb) as f:
+                d = dict(f)
+            np.savez(emb, **{**d, "proposal_ids": ids})
+        out = tmp_path / name
+        assert main(["cluster", "--embeddings", str(emb), "--out-dir", str(out), *sets]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", "--embeddings", str(emb), "--clusters", str(out / "clusters.npz"),
+                     "--proposals", str(props), "--gt", str(VAL), "--out-dir", str(out), *sets]) == 2
+        assert not (out / "metrics.json").exists() and not (out / "detections.json").exists()
+        return emb, capsys.readouterr().err
+
+    emb, err = evaluate("no_anchors", Ax=np.zeros((0, 2), np.float32), Acx=np.zeros(0, np.int64))
+    assert str(emb) in err and "no anchors" in err and "anchor_embeddings" in err and "longtail embed" in err
+    absent = max(c["id"] for c in gt["categories"]) + 1000
+    emb, err = evaluate("absent_category", Acx=np.where(Acat == Acat[0], absent, Acat))
+    assert str(emb) in err and str(VAL) in err and f"anchor_category_ids [{absent}]" in err
+    ids = np.arange(len(Z))
+    ids[3] = len(recs) + 7
+    emb, err = evaluate("ids_out_of_range", ids=ids)
+    assert str(emb) in err and str(props) in err and f"proposal_ids [{len(recs) + 7}]" in err
+    assert f"{len(recs)} proposals" in err
+    ids[3] = -1
+    _, err = evaluate("ids_negative", ids=ids)
+    assert "proposal_ids [-1]" in err
+
+
 @pytest.mark.slow
 def test_numbers_go_to_mlflow(tmp_path, monkeypatch):
     """With tracking on, the cluster/evaluate runs hold the metrics of their metrics files."""

@@ -91,7 +91,8 @@ def run_evaluate(args, params, cfg, run):
     lvis, synsets = load_lvis(cfg, img_ids)
     kcfg = {**cfg, "device": str(select_device(cfg["device"], "evaluate"))}
     m, dets, cl_label = evaluate_clusters(emb, labels, k, records, gt, kcfg, img_ids, params["seed"],
-                                          lvis, synsets, grid)
+                                          lvis, synsets, grid, sources={"embeddings": args.embeddings,
+                                                                       "proposals": args.proposals, "gt": args.gt})
     for row in m.get("purity_by_k", []):
         run.log_metrics({kk: v for kk, v in row.items() if kk != "k"}, step=row["k"])
     # images without proposals still count: their GT instances are misses (documented)

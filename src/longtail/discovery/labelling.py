@@ -24,25 +24,44 @@ def category_groups(gt: dict, lvis: dict | None, to_lvis: dict[int, int]) -> dic
     return {c["id"]: c.get("split", "all") for c in gt["categories"]}
 
 
+def check_inputs(emb: dict, n_records: int, gt: dict, sources: dict[str, str] | None = None) -> None:
+    """Embeddings, proposal set and ground truth belong together: proposal ids index the proposal set, anchors
+    exist and are of ground-truth categories. ``sources`` names the files (keys embeddings, proposals, gt)."""
+    src = {"embeddings": "the embeddings", "proposals": "the proposal set", "gt": "the ground truth JSON",
+           **(sources or {})}
+    pids = np.asarray(emb["proposal_ids"], np.int64)
+    bad = pids[(pids < 0) | (pids >= n_records)]
+    if len(bad):
+        raise LongtailError(f"{src['embeddings']}: proposal_ids {sorted(set(bad.tolist()))[:10]} are outside the "
+                            f"{n_records} proposals of {src['proposals']} (ids 0..{n_records - 1}); the embeddings "
+                            f"were made from another proposal set: re-run `longtail embed` on it")
+    A, Acat = emb["anchor_embeddings"], np.asarray(emb["anchor_category_ids"])
+    if len(A) == 0:
+        raise LongtailError(f"{src['embeddings']}: no anchors (anchor_embeddings is empty), so no cluster can be "
+                            f"labelled; re-run `longtail embed` with GT anchors")
+    if len(Acat) != len(A):
+        raise LongtailError(f"{src['embeddings']}: anchor_category_ids ({len(Acat)}) and anchor_embeddings "
+                            f"({len(A)}) differ in length; re-run `longtail embed`")
+    unknown = sorted(set(Acat.tolist()) - {c["id"] for c in gt["categories"]})
+    if unknown:
+        raise LongtailError(f"{src['embeddings']}: anchor_category_ids {unknown[:10]} are not categories of "
+                            f"{src['gt']}; evaluate with the ground truth of the label space the anchors were "
+                            f"embedded in")
+
+
 def evaluate_clusters(emb: dict, labels: np.ndarray, k: int, records: list[dict], gt: dict, cfg: dict,
                       img_ids: list[int], seed: int, lvis: dict | None = None, synsets: dict | None = None,
-                      grid: dict[int, np.ndarray] | None = None) -> tuple[dict, list[dict], np.ndarray]:
-    """All numbers of `longtail evaluate` for one clustering; returns (metrics, detections, cluster labels)."""
+                      grid: dict[int, np.ndarray] | None = None, sources: dict[str, str] | None = None
+                      ) -> tuple[dict, list[dict], np.ndarray]:
+    """All numbers of `longtail evaluate` for one clustering; returns (metrics, detections, cluster labels).
+    ``sources``: the input files by name, for the errors of :func:`check_inputs`."""
     from longtail.discovery import evaluate as E
 
+    check_inputs(emb, len(records), gt, sources)
     Z, space, curv = emb["proposal_embeddings"].astype(np.float64), emb["space"], emb["curvature"]
     pids = np.asarray(emb["proposal_ids"], np.int64)
-    if pids.min() < 0 or pids.max() >= len(records):
-        raise LongtailError(f"embeddings index proposals up to {int(pids.max())} but the proposal set has "
-                            f"{len(records)}; embeddings and --proposals do not belong together")
     A, Acat = emb["anchor_embeddings"].astype(np.float64), np.asarray(emb["anchor_category_ids"], np.int64)
     gt_cats = {c["id"]: c for c in gt["categories"]}
-    if len(A) == 0:
-        raise LongtailError("embeddings have no anchors (anchor_embeddings is empty): clusters cannot be "
-                            "labelled; re-run `longtail embed` with GT anchors")
-    unknown = sorted(set(Acat.tolist()) - set(gt_cats))
-    if unknown:
-        raise LongtailError(f"anchor_category_ids {unknown[:10]} are not categories of the ground truth JSON")
     lvis_gt = E.is_lvis(gt)   # the LVIS label space of `longtail prepare` (COCO -> LVIS, Table 1)
     if lvis_gt and lvis is not None:
         raise LongtailError("--gt is already LVIS ground truth (the LVIS label space of `longtail prepare`): "
