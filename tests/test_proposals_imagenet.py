@@ -95,3 +95,26 @@ def test_init_imagenet_random_and_the_hpc_resnet():
     with pytest.raises(LongtailError, match="maskrcnn_r50_fpn_cpu.py has no ImageNet backbone"):
         imagenet_backbone(load_config("workflow/mmdet/maskrcnn_r50_fpn_cpu.py"), "maskrcnn_r50_fpn_cpu.py")
 
+
+
+def test_agnostic_mask_head_starts_at_chance():
+    """mmdet's FCNMaskHead initialises the 1-channel class-agnostic predictor with Kaiming fan_out = 1 (std 1.41):
+    logits of order 10 and a mask loss far above ln 2 at the start. The config's AgnosticFCNMaskHead starts near
+    0 logits (Detectron2's std 0.001): loss = ln 2 on any target."""
+    cfg = load_config("workflow/mmdet/maskrcnn_effl0_fpn_cpu.py")
+    assert cfg.model.roi_head.mask_head.type == "AgnosticFCNMaskHead"
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(8, 128, 14, 14))
+    targets = (torch.rand(8, 28, 28) > 0.5).float()
+    losses, spread = {}, {}
+    for head_type in ("FCNMaskHead", "AgnosticFCNMaskHead"):
+        head = _build(dict(cfg.model.roi_head.mask_head, type=head_type))
+        head.init_weights()
+        logits = head(x)[:, 0]
+        losses[head_type] = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
+        spread[head_type] = logits.std().item()
+    assert losses["FCNMaskHead"] > np.log(2) + 0.2 and spread["FCNMaskHead"] > 1.0
+    assert spread["AgnosticFCNMaskHead"] < 0.01
+    assert abs(losses["AgnosticFCNMaskHead"] - np.log(2)) < 1e-3
+    with pytest.raises(ValueError, match="predictor_std"):
+        _build(dict(cfg.model.roi_head.mask_head, type="AgnosticFCNMaskHead", predictor_std=0.0))

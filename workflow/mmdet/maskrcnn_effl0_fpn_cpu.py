@@ -4,7 +4,8 @@
 # (the 4-conv mask head on the RoIs dominates training and inference; 128 channels cost a quarter; see
 # docs/benchmarks-proposals.md). params.yaml (proposals.train) sets scale, iterations, batch, LR and init.
 _base_ = ['./maskrcnn_r50_fpn_cpu.py', './_effl0.py']
-custom_imports = dict(imports=['longtail.proposals.efficientnet_lite'], allow_failed_imports=False)
+custom_imports = dict(imports=['longtail.proposals.efficientnet_lite', 'longtail.proposals.mask_head'],
+                      allow_failed_imports=False)
 
 width = 128
 model = dict(
@@ -17,4 +18,6 @@ model = dict(
         bbox_roi_extractor=dict(out_channels=width),
         bbox_head=dict(in_channels=width),
         mask_roi_extractor=dict(out_channels=width),
-        mask_head=dict(in_channels=width, conv_out_channels=width)))
+        # the 1-channel class-agnostic predictor starts near 0 logits instead of mmdet's Kaiming fan_out = 1
+        # (std 1.41, mask loss ~2 at the start): longtail/proposals/mask_head.py
+        mask_head=dict(type='AgnosticFCNMaskHead', in_channels=width, conv_out_channels=width)))

