@@ -102,13 +102,16 @@ def test_agnostic_mask_head_starts_at_chance():
     logits of order 10 and a mask loss far above ln 2 at the start. The config's AgnosticFCNMaskHead starts near
     0 logits (Detectron2's std 0.001): loss = ln 2 on any target."""
     cfg = load_config("workflow/mmdet/maskrcnn_effl0_fpn_cpu.py")
-    assert cfg.model.roi_head.mask_head.type == "AgnosticFCNMaskHead"
+    assert cfg.model.roi_head.mask_head.type == "AgnosticFCNMaskHead" and cfg.model.roi_head.mask_head.predictor_std
+    dcl = load_config("workflow/mmdet/maskrcnn_dcl_effl0_fpn_cpu.py").model.roi_head.mask_head
+    assert dcl.type == "DCLFCNMaskHead" and dcl.predictor_std == cfg.model.roi_head.mask_head.predictor_std
     torch.manual_seed(0)
     x = torch.relu(torch.randn(8, 128, 14, 14))
     targets = (torch.rand(8, 28, 28) > 0.5).float()
     losses, spread = {}, {}
     for head_type in ("FCNMaskHead", "AgnosticFCNMaskHead"):
-        head = _build(dict(cfg.model.roi_head.mask_head, type=head_type))
+        kw = {k: v for k, v in cfg.model.roi_head.mask_head.items() if k != "predictor_std" or head_type != "FCNMaskHead"}
+        head = _build(dict(kw, type=head_type))
         head.init_weights()
         logits = head(x)[:, 0]
         losses[head_type] = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item()

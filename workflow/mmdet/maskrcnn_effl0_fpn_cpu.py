@@ -19,5 +19,6 @@ model = dict(
         bbox_head=dict(in_channels=width),
         mask_roi_extractor=dict(out_channels=width),
         # the 1-channel class-agnostic predictor starts near 0 logits instead of mmdet's Kaiming fan_out = 1
-        # (std 1.41, mask loss ~2 at the start): longtail/proposals/mask_head.py
-        mask_head=dict(type='AgnosticFCNMaskHead', in_channels=width, conv_out_channels=width)))
+        # (std 1.41, mask loss ~2 at the start): longtail/proposals/mask_head.py (DCLFCNMaskHead inherits it)
+        mask_head=dict(type='AgnosticFCNMaskHead', predictor_std=0.001, in_channels=width,
+                       conv_out_channels=width)))

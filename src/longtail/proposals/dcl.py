@@ -12,16 +12,17 @@ The loss itself (and its normalisation) is in ``dcl_loss.py``.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
 from longtail.proposals.dcl_loss import dense_contrastive_loss
+from longtail.proposals.mask_head import AgnosticFCNMaskHead
 
 
 @MODELS.register_module()
-class DCLFCNMaskHead(FCNMaskHead):
-    """FCN mask head trained with the dense contrastive loss in addition to the mask BCE."""
+class DCLFCNMaskHead(AgnosticFCNMaskHead):
+    """FCN mask head trained with the dense contrastive loss in addition to the mask BCE (``predictor_std``:
+    ``AgnosticFCNMaskHead``'s predictor init; default mmdet's)."""
 
     #: lambda, tau, K, projection size: ``proposals.dcl`` of params.yaml (train-proposals writes them into the config)
     LOSS_KEYS = ("loss_weight", "temperature", "num_samples", "proj_dim")

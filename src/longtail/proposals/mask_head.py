@@ -9,7 +9,9 @@ predictor as Detectron2's ``MaskRCNNConvUpsampleHead`` does (normal, std 0.001, 
 loss ln 2 and a gradient that reaches the convolutions from the first step. Everything else is ``FCNMaskHead``.
 
 Select it in a config (``custom_imports = dict(imports=['longtail.proposals.mask_head'])``,
-``roi_head=dict(mask_head=dict(type='AgnosticFCNMaskHead', ...))``).
+``roi_head=dict(mask_head=dict(type='AgnosticFCNMaskHead', predictor_std=0.001, ...))``); ``predictor_std=None``
+keeps mmdet's init (the HPC configs, as in the paper). ``DCLFCNMaskHead`` derives from it, so a config inheriting
+``predictor_std`` compares DCL on/off at the same init.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ def init_mask_predictor(conv_logits: nn.Module, std: float) -> None:
 
 @MODELS.register_module()
 class AgnosticFCNMaskHead(FCNMaskHead):
-    """``FCNMaskHead`` whose mask predictor starts near zero (``predictor_std``) instead of Kaiming fan-out."""
+    """``FCNMaskHead`` whose mask predictor starts near zero (normal, ``predictor_std``) instead of Kaiming
+    fan-out; ``predictor_std=None``: mmdet's init."""
 
-    def __init__(self, *args, predictor_std: float = 0.001, **kwargs):
+    def __init__(self, *args, predictor_std: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if not predictor_std > 0:
-            raise ValueError(f"AgnosticFCNMaskHead.predictor_std must be > 0 (got {predictor_std})")
-        self.predictor_std = float(predictor_std)
+        if predictor_std is not None and not predictor_std > 0:
+            raise ValueError(f"{type(self).__name__}.predictor_std must be > 0 or None (got {predictor_std})")
+        self.predictor_std = None if predictor_std is None else float(predictor_std)
 
     def init_weights(self) -> None:
         super().init_weights()
-        init_mask_predictor(self.conv_logits, self.predictor_std)
+        if self.predictor_std is not None:
+            init_mask_predictor(self.conv_logits, self.predictor_std)
