@@ -104,17 +104,17 @@ def apply_params(cfg, pcfg: dict, seed: int, cfg_file: str) -> None:
     cfg.randomness = dict(seed=int(seed), deterministic=False)
 
 
-def hierarchy_init(cfg, ckpt: Path, work_dir: Path, required: bool) -> int:
+def hierarchy_init(cfg, ckpt: Path, work_dir: Path, required: bool, param: str = "proposals.train.init") -> int:
     """Backbone init from the hierarchy stage's pixel-embedding checkpoint: copy every tensor whose name and
     shape match the mmdet backbone into ``work_dir/hierarchy_backbone.pth`` and point ``init_cfg`` at it.
-    Returns the number of tensors transferred (0 = random init)."""
+    Returns the number of tensors transferred (0 = random init). ``param``: the init key named in errors."""
     import torch
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     if not ckpt.exists():
         if required:
-            raise LongtailError(f"proposals.train.init=hierarchy but {ckpt} does not exist; run "
+            raise LongtailError(f"{param}=hierarchy but {ckpt} does not exist; run "
                                 f"`longtail train-pixel-embedding` first or set init to random")
         return 0
     from longtail.hierarchy.pixel_embedding import load_pixel_embedding

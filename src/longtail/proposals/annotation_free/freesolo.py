@@ -85,7 +85,7 @@ def _train_round(fcfg: dict, seed: int, ann_file: Path, work_dir: Path, init_fro
         cfg.load_from = None
         if fcfg["init"] in ("auto", "hierarchy"):
             n_init = hierarchy_init(cfg, project_path(fcfg["hierarchy_checkpoint"]), work_dir,
-                                    required=fcfg["init"] == "hierarchy")
+                                    required=fcfg["init"] == "hierarchy", param="annotation_free.freesolo.init")
     runner, hook = run_mmengine(cfg, work_dir, _RoundRun(run, round_idx), int(fcfg["train"]["log_interval"]),
                                 cfg_file=fcfg["config"], gpus=int(fcfg["gpu"]),
                                 what=f"train-freesolo round {round_idx}")
