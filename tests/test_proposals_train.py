@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from longtail import REPO_ROOT
@@ -135,11 +136,12 @@ def test_maskrcnn_propose_and_eval(maskrcnn, data, tmp_path):
     from longtail.common.params import load_params
 
     root, _, val = data
-    pcfg = load_params()["proposals"]
-    topk, nms_iou = int(pcfg["topk"]), float(pcfg["nms_iou"])
+    topk = int(load_params()["proposals"]["topk"])
+    nms_iou = 0.3      # below the network's own box NMS (0.5), so that the mask NMS has masks to remove
     out = tmp_path / "maskrcnn" / "val"
     assert main(["propose", "--method", "maskrcnn", "--model-dir", str(maskrcnn), "--dataset",
-                 str(root / "val.json"), "--out-dir", str(out), "--device", "cpu"]) == 0
+                 str(root / "val.json"), "--out-dir", str(out), "--device", "cpu",
+                 "--set", f"proposals.nms_iou={nms_iou}"]) == 0
     index, recs = read_proposals(out)
     assert index["model_dir"] == str(maskrcnn) and index["topk"] == topk and index["nms_iou"] == nms_iou
     assert sorted(im["id"] for im in index["images"]) == sorted(im["id"] for im in val["images"])
@@ -168,6 +170,79 @@ def test_maskrcnn_propose_and_eval(maskrcnn, data, tmp_path):
             want = _cocoeval_ar100(val, recs, sub, iou_type)
             assert m[iou_type][sub]["AR100"] == pytest.approx(want, abs=1e-9), (iou_type, sub, want)
     print({t: {s: m[t][s]["AR100"] for s in ("base", "novel", "all")} for t in ("segm", "bbox")})
+
+
+class _Stop(Exception):
+    pass
+
+
+def _train_cfg_and_rc(monkeypatch, data, work: Path, *sets: str):
+    """`train-proposals --model maskrcnn` up to the mmengine Runner (not run): (the config it would train, rc)."""
+    from longtail.proposals import training
+
+    seen = {}
+
+    def stop(cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        raise _Stop
+
+    monkeypatch.setattr(training, "run_mmengine", stop)
+    root, _, _ = data
+    argv = ["train-proposals", "--model", "maskrcnn", "--train-json", str(root / "train.json"), "--work-dir",
+            str(work), *TINY]
+    for s in sets:
+        argv += ["--set", s]
+    try:
+        rc = main(argv)
+    except _Stop:
+        rc = None
+    return seen.get("cfg"), rc
+
+
+R50 = "proposals.models.maskrcnn=workflow/mmdet/maskrcnn_r50_fpn_cpu.py"
+
+
+def test_train_init_hierarchy_and_auto(monkeypatch, data, tmp_path, pixel_embedding_ckpt, capsys, caplog):
+    """proposals.train.init (docs/proposals.md): hierarchy loads the pixel embedding's ResNet-50 into the mmdet
+    backbone; auto does the same when the checkpoint exists and is random init (no init_cfg) when it is missing
+    or matches nothing (the EfficientNet-Lite default); hierarchy without the file is an error naming it."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from longtail.hierarchy.pixel_embedding import load_pixel_embedding
+
+    pe = load_pixel_embedding(pixel_embedding_ckpt).backbone.state_dict()
+    register_all_modules(init_default_scope=False)
+    for init in ("hierarchy", "auto"):
+        cfg, rc = _train_cfg_and_rc(monkeypatch, data, tmp_path / init, R50, f"proposals.train.init={init}",
+                                    f"proposals.train.hierarchy_checkpoint={pixel_embedding_ckpt}")
+        assert rc is None and cfg.model.backbone.init_cfg == {"type": "Pretrained",
+                                                              "checkpoint": str(tmp_path / init / "hierarchy_backbone.pth")}
+        backbone = MODELS.build(cfg.model.backbone)
+        backbone.init_weights()                                  # what the Runner does before training
+        got = backbone.state_dict()
+        shared = [k for k in got if k in pe]
+        assert len(shared) > 300 and "layer4.2.conv3.weight" in shared
+        assert all(torch.equal(got[k], pe[k]) for k in shared), init
+    missing = tmp_path / "no_such_pe.pt"
+    cfg, rc = _train_cfg_and_rc(monkeypatch, data, tmp_path / "auto_missing", R50, "proposals.train.init=auto",
+                                f"proposals.train.hierarchy_checkpoint={missing}")
+    assert rc is None and cfg.model.backbone.init_cfg is None and not (tmp_path / "auto_missing" /
+                                                                       "hierarchy_backbone.pth").exists()
+    caplog.clear()
+    cfg, rc = _train_cfg_and_rc(monkeypatch, data, tmp_path / "auto_effl0", "proposals.train.init=auto",
+                                f"proposals.train.hierarchy_checkpoint={pixel_embedding_ckpt}")
+    assert rc is None and cfg.model.backbone.init_cfg is None and cfg.model.backbone.pretrained is False
+    assert "no tensor matches the backbone of EfficientNetLite" in caplog.text
+    capsys.readouterr()
+    cfg, rc = _train_cfg_and_rc(monkeypatch, data, tmp_path / "h_missing", R50, "proposals.train.init=hierarchy",
+                                f"proposals.train.hierarchy_checkpoint={missing}")
+    err = capsys.readouterr().err
+    assert rc == 2 and cfg is None and str(missing) in err and "proposals.train.init=hierarchy" in err, err
+    cfg, rc = _train_cfg_and_rc(monkeypatch, data, tmp_path / "h_effl0", "proposals.train.init=hierarchy",
+                                f"proposals.train.hierarchy_checkpoint={pixel_embedding_ckpt}")
+    err = capsys.readouterr().err
+    assert rc == 2 and str(pixel_embedding_ckpt) in err and "no tensor matches" in err, err
 
 
 @pytest.mark.slow
