@@ -13,7 +13,7 @@ DISC_GPU = int(DISC["gpu"]) if str(DISC["device"]).startswith("cuda") else 0
 
 rule cluster:
     input:
-        embeddings=rules.embed.output.embeddings,
+        embeddings=rules.gather_embeddings.output.embeddings,
     output:
         clusters=f"{DISC_DIR}/{{method}}/{{variant}}/clusters.npz",
         elbow=f"{DISC_DIR}/{{method}}/{{variant}}/elbow.json",
@@ -39,7 +39,7 @@ rule cluster:
 
 rule evaluate:
     input:
-        embeddings=rules.embed.output.embeddings,
+        embeddings=rules.gather_embeddings.output.embeddings,
         clusters=rules.cluster.output.clusters,
         proposals=proposal_set("{method}", "val"),
         gt=rules.prepare.output.val,

@@ -38,8 +38,42 @@ rule train_embedding:
         "--variant {wildcards.variant} --out-dir {params.out_dir} 2> {log}"
 
 
+# embed runs as N shard jobs per model (scattergather `embed`, N = embedding.embed_shards; `--set-scatter embed=N`):
+# rule embed writes <method>/<variant>/embeddings.shards/<i>-of-<N>.npz (the kept proposals of shard i of the val
+# images), gather_embeddings concatenates them, embeds the anchors and writes embeddings.npz + embed_metrics.json.
+scattergather:
+    embed=EMB["embed_shards"],
+
+
 rule embed:
     input:
+        model=rules.train_embedding.output.model,
+        proposals=proposal_set("{method}", "val"),
+    output:
+        shard=f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.shards/{{scatteritem}}.npz",
+    wildcard_constraints:
+        method=EMB_METHOD,
+        variant=EMB_VARIANT,
+    params:
+        reads=config_keys("embedding"),
+        out=f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz",   # gather_embeddings' output; shards next to it
+    threads: 1 + EMB["num_workers"]       # the main process + its DataLoader workers
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=EMB["gpu"],
+    conda:
+        "../envs/embedding.yaml"
+    log:
+        "results/logs/embed_{method}_{variant}_{scatteritem}.log",
+    shell:
+        "longtail embed --model {input.model} --proposals {input.proposals} --out {params.out} "
+        "--shard {wildcards.scatteritem} 2> {log}"
+
+
+rule gather_embeddings:
+    input:
+        shards=lambda wc: gather.embed(f"{EMB_DIR}/{wc.method}/{wc.variant}/embeddings.shards/{{scatteritem}}.npz"),
         model=rules.train_embedding.output.model,
         proposals=proposal_set("{method}", "val"),
         anchors=rules.prepare.output.train,
@@ -51,20 +85,20 @@ rule embed:
         variant=EMB_VARIANT,
     params:
         reads=config_keys("seed", "embedding"),
-    threads: 1 + EMB["num_workers"]       # the main process + its DataLoader workers
+    threads: 1
     resources:
         mem_mb=6000,
-        runtime=60,
+        runtime=30,
         gpu=EMB["gpu"],
     conda:
         "../envs/embedding.yaml"
     log:
-        "results/logs/embed_{method}_{variant}.log",
+        "results/logs/gather_embeddings_{method}_{variant}.log",
     shell:
-        "longtail embed --model {input.model} --proposals {input.proposals} --anchors {input.anchors} "
+        "longtail gather-embeddings --model {input.model} --proposals {input.proposals} --anchors {input.anchors} "
         "--out {output.embeddings} --metrics {output.metrics} 2> {log}"
 
 
-EXTRA_TARGETS += expand(rules.embed.output.embeddings, method=PIPE["embedding_methods"],
+EXTRA_TARGETS += expand(rules.gather_embeddings.output.embeddings, method=PIPE["embedding_methods"],
                         variant=PIPE["embedding_variants"])
-ABLATION_TARGETS += expand(rules.embed.output.embeddings, method=PIPE["embedding_methods"], variant=EMB_VARIANTS)
+ABLATION_TARGETS += expand(rules.gather_embeddings.output.embeddings, method=PIPE["embedding_methods"], variant=EMB_VARIANTS)

@@ -9,7 +9,7 @@ rule report:
         metrics=expand(rules.evaluate.output.metrics, **REPORT_RUNS),
         clusters=expand(rules.cluster.output.clusters, **REPORT_RUNS),
         elbow=expand(rules.cluster.output.elbow, **REPORT_RUNS),
-        embeddings=expand(rules.embed.output.embeddings, **REPORT_RUNS),
+        embeddings=expand(rules.gather_embeddings.output.embeddings, **REPORT_RUNS),
         proposals=expand(proposal_set("{method}", "val"), method=PIPE["embedding_methods"]),
         gt=rules.prepare.output.val,
     output:

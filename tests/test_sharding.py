@@ -105,6 +105,17 @@ def test_reader_seeks_to_one_image(sets, tmp_path):
     bad = [ln if k == 5 else b"#" * (len(ln) - 1) + b"\n" for k, ln in enumerate(lines)]
     (d / "shards" / "1-of-1.jsonl").write_bytes(b"".join(bad))
     assert read_image_proposals(d, target["id"]) == want
+    # the reader keeps 28 bytes an image (no record, no parsed index) and reads any image in any order
+    from longtail.proposals.format import ProposalReader
+
+    with ProposalReader(one) as reader:
+        assert sum(a.nbytes for a in (reader.image_ids, reader._shard, reader._offset, reader._length)) == \
+            28 * len(index["images"]) and "index" not in vars(reader)
+        per_image = dict((e["id"], recs) for e, recs in iter_proposals(one, index))
+        for im in reversed(index["images"]):
+            assert reader.read(im["id"]) == per_image[im["id"]]
+        with pytest.raises(LongtailError, match="not in this proposal set"):
+            reader.read(-1)
     with pytest.raises(LongtailError, match=r"1-of-1\.jsonl: line 1 is not JSON"):
         next(iter_proposals(d))
 
@@ -250,3 +261,130 @@ def test_hierarchy_shards_equal_unsharded(tmp_path, capsys):
             assert sorted(za.files) == sorted(zb.files)
             for k in za.files:
                 np.testing.assert_array_equal(za[k], zb[k])
+
+
+def _edges_cmd(out: Path, *extra: str) -> list[str]:
+    return [str(BIN / "longtail"), "edges", "--source", "data/bsds500/images/val", "--out-dir", str(out),
+            "--set", "hierarchy.edges.max_images=4", "--set", "hierarchy.edges.batch_size=1", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_during_sharded_edges_leaves_no_shard_and_resumes(tmp_path, repo_root):
+    """edges --shard 1/1 killed after its first images: no shard folder, no index; the rerun resumes after the
+    finished images (only the rest computed) and equals an uninterrupted run; a file cut in the .part folder is
+    recomputed, not read."""
+    import numpy as np
+
+    from longtail.hierarchy import shards as hshards
+
+    ref, out = tmp_path / "ref", tmp_path / "k"
+    assert main(_edges_cmd(ref, "--shard", "1/1")[1:]) == 0
+    part = out / "shards" / ".1-of-1.part"
+    p = subprocess.Popen(_edges_cmd(out, "--shard", "1/1"), env=ENV, cwd=repo_root, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    entries = part / "entries.jsonl"
+    while (not entries.exists() or entries.read_bytes().count(b"\n") < 1) and p.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "edges finished before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not hshards.finished(out, (1, 1)) and not (out / "index.json").exists()
+    done = entries.read_bytes().count(b"\n")
+    assert 1 <= done < 4
+    r = subprocess.run(_edges_cmd(out, "--shard", "1/1"), env=ENV, cwd=repo_root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming shard 1-of-1 after {done} finished images" in r.stderr
+    assert not part.exists() and hshards.finished(out, (1, 1))
+    a, b = (hshards.gather(d)["images"] for d in (ref, out))
+    assert [(x["key"], x["digest"]) for x in a] == [(x["key"], x["digest"]) for x in b] and len(a) == 4
+    z = np.load(out / b[0]["edges"])
+    np.testing.assert_array_equal(z["edges"], np.load(ref / a[0]["edges"])["edges"])
+
+
+# --- embed --shard i/N + gather-embeddings ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def embed_inputs(params, train_coco, tmp_path_factory):
+    """Jittered GT proposals of 5 sample images and a small (random) embedding model.pt."""
+    import torch
+
+    from longtail.embedding.train import build_model
+    from longtail.proposals.format import write_proposals
+    from test_embedding import jittered_proposals, small_cfg
+
+    root = tmp_path_factory.mktemp("embed_shards")
+    recs, images = jittered_proposals(train_coco, 5)
+    props = write_proposals(root / "val", recs, images, method="gt-jitter", dataset="val.json", topk=100,
+                            nms_iou=1.0)
+    cfg = small_cfg(params, crop_size=16, hidden=[16, 8], proposals_per_image=6)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    torch.save({"model": model.state_dict(), "config": cfg, "space": cfg["space"],
+                "curvature": float(cfg["curvature"]), "dim": int(cfg["dim"])}, root / "model.pt")
+    return root / "model.pt", props / "index.json"
+
+
+def _embed(model, props, out, *extra, verb="embed"):
+    return main([verb, "--model", str(model), "--proposals", str(props), "--out", str(out),
+                 "--set", "embedding.embed_chunk_images=2", "--set", "embedding.anchors_per_category=1", *extra])
+
+
+def test_embed_shards_equal_unsharded(embed_inputs, prepared, tmp_path, capsys, caplog):
+    """embed --shard i/2 + gather-embeddings = one unsharded embed (proposals and anchors); a finished shard is
+    not recomputed; gather names a missing shard, a truncated shard file and a shard of another model."""
+    import numpy as np
+
+    from longtail.embedding.embed import shard_file
+
+    model, props = embed_inputs
+    anchors = ["--anchors", str(prepared / "train.json")]
+    one, two = tmp_path / "one" / "embeddings.npz", tmp_path / "two" / "embeddings.npz"
+    assert _embed(model, props, one, *anchors, "--metrics", str(tmp_path / "m1.json")) == 0
+    assert _embed(model, props, two, "--shard", "2/2") == 0
+    gather = lambda out, *x: _embed(model, props, out, *anchors, "--metrics", str(tmp_path / "m2.json"), *x,
+                                    verb="gather-embeddings")
+    assert gather(two) == 2
+    assert "shard 1 of 2 missing" in capsys.readouterr().err and not two.exists()
+    assert _embed(model, props, two, "--shard", "1-of-2") == 0
+    before = shard_file(two, (1, 2)).stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        assert _embed(model, props, two, "--shard", "1/2") == 0
+    assert "not recomputed" in caplog.text and shard_file(two, (1, 2)).stat().st_mtime_ns == before
+    assert gather(two) == 0
+    with np.load(one) as a, np.load(two) as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert len(a["proposal_ids"]) > 20 and len(a["anchor_embeddings"]) > 10
+        for k in a.files:
+            if a[k].dtype.kind == "f":
+                np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=k)
+            else:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    m1, m2 = (json.loads((tmp_path / f"m{i}.json").read_text()) for i in (1, 2))
+    assert {k: v for k, v in m1.items() if k != "embed_seconds"} == \
+        {k: v for k, v in m2.items() if k != "embed_seconds"}
+    # each shard holds its images: sorted ids [i-1::2]
+    ids = sorted(int(im["id"]) for im in json.loads(props.read_text())["images"])
+    for i in (1, 2):
+        with np.load(shard_file(two, (i, 2))) as z:
+            assert set(z["proposal_image_ids"].tolist()) <= set(ids[i - 1::2])
+    # a truncated shard file (a copy cut short): the error names the file
+    bad = tmp_path / "bad" / "embeddings.npz"
+    shard_file(bad, (1, 2)).parent.mkdir(parents=True)
+    for i in (1, 2):
+        data = shard_file(two, (i, 2)).read_bytes()
+        shard_file(bad, (i, 2)).write_bytes(data if i == 1 else data[:len(data) // 2])
+    assert gather(bad) == 2
+    err = capsys.readouterr().err
+    assert f"{shard_file(bad, (2, 2))}: truncated or corrupt embedding shard" in err and not bad.exists()
+    # a shard of another model: named, not mixed in
+    other = tmp_path / "other.pt"
+    import torch
+
+    state = torch.load(model, weights_only=False)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, other)
+    assert _embed(other, props, two, "--shard", "2/2") == 0          # recomputed (other fingerprint)
+    assert gather(two) == 2                                         # gathered with the first model
+    assert f"{shard_file(two, (2, 2))}: embedded with another model" in capsys.readouterr().err

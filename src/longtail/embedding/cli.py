@@ -30,10 +30,25 @@ def register(sub):
     add_params_args(p)
     p.add_argument("--model", required=True, help="model.pt of train-embedding")
     p.add_argument("--proposals", required=True, help="proposal set to embed: results/proposals/<method>/<split>")
+    p.add_argument("--anchors", default=None,
+                   help="COCO JSON whose GT masks give the anchors (train split); required without --shard")
+    p.add_argument("--out", required=True, help="embeddings.npz (with --shard: the one gather-embeddings writes)")
+    p.add_argument("--metrics", default=None, help="metrics JSON (DVC); required without --shard")
+    p.add_argument("--shard", default=None,
+                   help="i/N (or i-of-N): embed only shard i of N of the set's images (ids sorted, every N-th from "
+                        "the (i-1)-th) into <out stem>.shards/i-of-N.npz (resumable; a finished shard is not "
+                        "recomputed); then `longtail gather-embeddings`")
+    p.set_defaults(func=run_embed)
+
+    p = sub.add_parser("gather-embeddings", help="embeddings.npz from the N shards of `embed --shard` + the anchors")
+    add_params_args(p)
+    p.add_argument("--model", required=True, help="model.pt of train-embedding (the shards' model; embeds anchors)")
+    p.add_argument("--proposals", required=True, help="the proposal set the shards embedded")
     p.add_argument("--anchors", required=True, help="COCO JSON whose GT masks give the anchors (train split)")
     p.add_argument("--out", required=True, help="embeddings.npz")
     p.add_argument("--metrics", required=True, help="metrics JSON (DVC)")
-    p.set_defaults(func=run_embed)
+    p.add_argument("--shards", type=int, default=None, help="N (default: the one N whose shards are present)")
+    p.set_defaults(func=run_gather_embeddings)
 
 
 def _set_method(proposals: str) -> str:
@@ -79,25 +94,75 @@ def run_train(args, params, cfg, run) -> int:
     return 0
 
 
-@stage_verb("embed", "embedding", tags=lambda args, cfg: {"longtail.proposals": args.proposals})
-def run_embed(args, params, top, run) -> int:
-    """``top``: the embedding section of params.yaml (anchors, batch size, threads); ``cfg``: the configuration
-    the model was trained with (its variant), saved in model.pt."""
+def _embed_inputs(args, top, run, verb: str):
+    """(model, its state, its training config, the proposal index, the parts' fingerprint) of embed / gather."""
     from longtail.embedding.dataset import ProposalIndex
-    from longtail.embedding.embed import (anchor_records, embed_fingerprint, embed_proposal_set, embed_records,
-                                          select_anchors)
+    from longtail.embedding.embed import embed_fingerprint
 
     model, state = load_model(args.model, top["gpu"])
     cfg = state["config"]
     set_threads(top["threads"])
-    t0 = time.time()
     variant = cfg.get("variant")                      # model.pt content (None for a model without a variant)
-    name_run(run, f"embed {_set_method(args.proposals)}/{variant}", **{"longtail.variant": variant})
+    name_run(run, f"{verb} {_set_method(args.proposals)}/{variant}", **{"longtail.variant": variant})
     index = ProposalIndex(args.proposals, cfg["proposals_per_image"])
+    return model, state, cfg, index, embed_fingerprint(args.model, index, cfg, top["embed_chunk_images"])
+
+
+@stage_verb("embed", "embedding", tags=lambda args, cfg: {"longtail.proposals": args.proposals})
+def run_embed(args, params, top, run) -> int:
+    """``top``: the embedding section of params.yaml (anchors, batch size, threads); ``cfg``: the configuration
+    the model was trained with (its variant), saved in model.pt."""
+    from longtail.common import LongtailError
+    from longtail.common.shards import parse_shard
+    from longtail.embedding.embed import embed_proposal_set, embed_shard
+
+    if not args.shard and not (args.anchors and args.metrics):
+        raise LongtailError("embed: --anchors and --metrics are required without --shard (a shard's anchors and "
+                            "metrics come from `longtail gather-embeddings`)")
+    t0 = time.time()
+    model, state, cfg, index, fingerprint = _embed_inputs(args, top, run, "embed")
+    kw = dict(chunk_images=top["embed_chunk_images"], batch_size=top["embed_batch_size"],
+              num_workers=top["num_workers"], fingerprint=fingerprint)
+    if args.shard:
+        shard = parse_shard(args.shard)
+        f, computed = embed_shard(model, index, cfg, args.out, shard, **kw)
+        if computed:
+            with np.load(f) as z:
+                n, empty = len(z["proposal_ids"]), int(z["empty_masks"])
+            run.log_metrics({"shard_proposals": n, "shard_empty_masks": empty,
+                             "shard_seconds": round(time.time() - t0, 3)})
+            print(f"embed: shard {args.shard}: {n} proposals -> {f}")
+        return 0
     # per image through a DataLoader; parts in <out>.parts/ (a killed embed resumes from them)
-    props, writer = embed_proposal_set(
-        model, index, cfg, args.out, chunk_images=top["embed_chunk_images"], batch_size=top["embed_batch_size"],
-        num_workers=top["num_workers"], fingerprint=embed_fingerprint(args.model, index, cfg, top["embed_chunk_images"]))
+    props, writer = embed_proposal_set(model, index, cfg, args.out, **kw)
+    _write_embeddings(args, params, top, run, model, state, cfg, index, props, writer.finish, t0)
+    return 0
+
+
+@stage_verb("gather-embeddings", "embedding", tags=lambda args, cfg: {"longtail.proposals": args.proposals})
+def run_gather_embeddings(args, params, top, run) -> int:
+    """embeddings.npz of a sharded embed: the shards' proposal arrays (checked: all there, complete, of this
+    model and set) + the anchors embedded here + the metrics."""
+    from longtail.common.io import atomic_path
+    from longtail.embedding.embed import gather_shards
+
+    t0 = time.time()
+    model, state, cfg, index, fingerprint = _embed_inputs(args, top, run, "gather-embeddings")
+    props = gather_shards(args.out, args.shards, fingerprint, index)
+
+    def write(arrays):
+        with atomic_path(args.out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+
+    _write_embeddings(args, params, top, run, model, state, cfg, index, props, write, t0)
+    return 0
+
+
+def _write_embeddings(args, params, top, run, model, state, cfg, index, props, write, t0) -> None:
+    """Embed the anchors, write embeddings.npz (``write``) and the metrics."""
+    from longtail.embedding.embed import anchor_records, embed_records, select_anchors
+
     empty = int(props.pop("empty_masks"))
     gt = read_json(args.anchors, "anchor ground truth")
     anns, missing = select_anchors(gt, top["anchors_per_category"], int(params["seed"]),
@@ -115,7 +180,7 @@ def run_embed(args, params, top, run) -> int:
         "space": np.asarray(state["space"]),
         "curvature": np.asarray(float(state["curvature"]) if state["space"] == "poincare" else 0.0),
     }
-    writer.finish(arrays)
+    write(arrays)
     embedded_images = set(arrays["proposal_image_ids"].tolist())
     pn = np.linalg.norm(arrays["proposal_embeddings"], axis=1) if len(keep) else np.zeros(1)
     metrics = {"num_proposals": len(keep), "empty_masks_skipped": empty,
@@ -129,4 +194,3 @@ def run_embed(args, params, top, run) -> int:
                "embed_seconds": round(time.time() - t0, 3)}
     run.write_metrics(args.metrics, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "categories_without_anchor_ids"}, indent=1))
-    return 0

@@ -14,14 +14,14 @@
   ``default_rng([seed, 1, step])`` through :func:`~longtail.embedding.sampling.sample_triplets`, so the
   triplets (and the losses) are the ones of the in-RAM path.
 
-Peak memory: the per-record arrays above, the image table of ``index.json``, and ``num_workers x prefetch``
-batches of crops (images_per_batch x proposals x 3 crops x 3 x S x S bytes each).
+Peak memory: the per-record arrays above, the image table of ``index.json`` (ImageMeta per image, and the
+:class:`~longtail.proposals.format.ProposalReader`'s 28 bytes an image), and ``num_workers x prefetch`` batches
+of crops (images_per_batch x proposals x 3 crops x 3 x S x S bytes each).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,7 +61,7 @@ class ProposalIndex:
     """
 
     def __init__(self, path: str | Path, n_per_image: int | None):
-        from longtail.proposals.format import iter_proposals, proposal_set_dir, read_index
+        from longtail.proposals.format import ProposalReader, iter_proposals, proposal_set_dir, read_index
 
         self.dir = proposal_set_dir(path)
         self.file = self.dir / "index.json"
@@ -69,8 +69,7 @@ class ProposalIndex:
         self.n_per_image = int(n_per_image or 0)
         self.images = {int(im["id"]): ImageMeta(int(im["id"]), im["file_name"], int(im["height"]), int(im["width"]))
                        for im in index["images"]}
-        self._entries = {int(im["id"]): {k: im[k] for k in ("id", "shard", "offset", "length")}
-                         for im in index["images"]}
+        self._reader = ProposalReader(self.dir, index)                     # 28 bytes an image
         self.index = {k: v for k, v in index.items() if k != "images"}     # the table lives in self.images
         rid, img, area = array("q"), array("q"), array("q")               # 8 bytes a record, not Python objects
         score = array("d")
@@ -94,7 +93,6 @@ class ProposalIndex:
         self.image_ids, starts = np.unique(self.record_image, return_index=True)
         ends = np.r_[starts[1:], len(self.record_image)]
         self._span = {int(i): (int(a), int(b)) for i, a, b in zip(self.image_ids, starts, ends)}
-        self._files, self._pid = None, None
 
     def _kept(self, recs: list) -> list:
         """The top ``n_per_image`` of an image's records (stored by descending score: the first ones, as
@@ -108,14 +106,10 @@ class ProposalIndex:
 
     def records(self, image_id: int) -> tuple[np.ndarray, list[dict]]:
         """(positions, records) of an image's kept proposals, read from its line of the store."""
-        from longtail.proposals.format import _ShardFiles
-
         pos = self.positions(image_id)
         if len(pos) == 0:
             return pos, []
-        if self._files is None or self._pid != os.getpid():     # one handle set per (DataLoader worker) process
-            self._files, self._pid = _ShardFiles(self.dir), os.getpid()
-        recs = self._kept(self._files.line(self._entries[int(image_id)])["proposals"])
+        recs = self._kept(self._reader.read(image_id))         # handles per (DataLoader worker) process
         if len(recs) != len(pos):
             raise LongtailError(f"{self.dir}: image {image_id} has {len(recs)} kept proposals now, {len(pos)} when "
                                 f"the set was indexed; the set changed during the run - rerun.")
@@ -124,9 +118,6 @@ class ProposalIndex:
     def valid_image_ids(self) -> np.ndarray:
         """Images with at least one non-empty kept mask, sorted by id (the in-RAM path's training images)."""
         return np.unique(self.record_image[self.record_valid])
-
-    def __getstate__(self):                     # DataLoader workers open their own files
-        return {**self.__dict__, "_files": None, "_pid": None}
 
 
 def _area(seg) -> int:

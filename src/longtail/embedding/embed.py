@@ -147,8 +147,10 @@ def embed_items(model, items: Sequence) -> np.ndarray:
 
 
 def embed_proposal_set(model, proposals, cfg: dict, out: str | Path, *, fingerprint: str, chunk_images: int,
-                       batch_size: int, num_workers: int = 0, progress: bool = True) -> dict:
-    """Embed (z_fg) every kept proposal of a :class:`~longtail.embedding.dataset.ProposalIndex`, image by image.
+                       batch_size: int, num_workers: int = 0, progress: bool = True,
+                       image_ids: Sequence[int] | None = None) -> dict:
+    """Embed (z_fg) every kept proposal of a :class:`~longtail.embedding.dataset.ProposalIndex` (or of its
+    images ``image_ids``: a shard), image by image.
 
     Images go through a DataLoader (``num_workers``) in groups of about ``batch_size`` crops; every
     ``chunk_images`` images a part is written (:class:`PartsWriter`), so a killed run resumes from its last
@@ -161,6 +163,8 @@ def embed_proposal_set(model, proposals, cfg: dict, out: str | Path, *, fingerpr
 
     model.eval()
     ds = ProposalImageDataset(proposals, cfg, train=False)
+    if image_ids is not None:
+        ds.image_ids = np.intersect1d(ds.image_ids, np.asarray(list(image_ids), np.int64))   # sorted
     writer = PartsWriter(out, fingerprint)
     n = len(ds)
     C = max(1, int(chunk_images))
@@ -263,3 +267,102 @@ def embed_fingerprint(model_path: str | Path, proposals, cfg: dict, chunk_images
     st = Path(proposals.file).stat()
     return params_hash([h.hexdigest(), str(Path(proposals.file).resolve()), st.st_size, st.st_mtime_ns,
                         int(cfg["crop_size"]), cfg["proposals_per_image"], int(chunk_images)])
+
+
+# --- shards: `embed --shard i/N` + `gather-embeddings` ------------------------------------------------------
+
+SHARD_KEYS = ("proposal_embeddings", "proposal_ids", "proposal_image_ids", "proposal_scores", "empty_masks")
+
+
+def shard_file(out: str | Path, shard: tuple[int, int]) -> Path:
+    """``<out stem>.shards/<i>-of-<N>.npz`` next to the embeddings file ``out``."""
+    from longtail.common.shards import shard_name
+
+    out = Path(out)
+    return out.with_name(out.stem + ".shards") / f"{shard_name(shard)}.npz"
+
+
+def _shard_fingerprint(f: Path) -> str | None:
+    try:
+        with np.load(f) as z:
+            return str(z["fingerprint"])
+    except Exception:                   # unreadable: not finished (atomic writes: only a foreign/corrupt copy)
+        return None
+
+
+def embed_shard(model, proposals, cfg: dict, out: str | Path, shard: tuple[int, int], *, fingerprint: str,
+                chunk_images: int, batch_size: int, num_workers: int = 0) -> tuple[Path, bool]:
+    """Embed the kept proposals of shard ``(i, N)`` of the set's images (ids sorted, ``[i-1::N]``,
+    :mod:`longtail.common.shards`) into :func:`shard_file` (atomic; parts in ``<file>.parts/`` while it runs,
+    so a killed shard resumes from its finished chunks). A finished shard of the same fingerprint (model,
+    proposal set, crops, chunking) is not recomputed. Returns (the file, whether it was computed now)."""
+    from longtail.common.shards import select_shard, shard_name
+
+    import re
+    import shutil
+
+    f = shard_file(out, shard)
+    fp = f"{fingerprint}:{shard_name(shard)}"
+    for old in (f.parent.iterdir() if f.parent.is_dir() else []):     # resharded: the shards of another N go
+        m = re.fullmatch(r"\d+-of-(\d+)\.npz(\.parts)?", old.name)
+        if m and int(m.group(1)) != shard[1]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if f.exists() and _shard_fingerprint(f) == fp:
+        log.info("embed: shard %s already finished in %s; not recomputed", shard_name(shard), f)
+        return f, False
+    ids = select_shard(sorted(proposals.images), shard, key=int)
+    arrays, writer = embed_proposal_set(model, proposals, cfg, f, fingerprint=fp, chunk_images=chunk_images,
+                                        batch_size=batch_size, num_workers=num_workers, image_ids=ids)
+    arrays["empty_masks"] = np.asarray(arrays["empty_masks"])
+    writer.finish({**arrays, "fingerprint": np.asarray(fp), "image_ids": np.asarray(ids, np.int64)})
+    return f, True
+
+
+def gather_shards(out: str | Path, num_shards: int | None, fingerprint: str, proposals) -> dict[str, np.ndarray]:
+    """The proposal arrays of embeddings.npz from the N shard files (N: ``num_shards``, else the one N
+    present), in proposals.json order. Errors name a missing, truncated/corrupt or foreign (another model,
+    configuration or proposal set) shard file, and shards that together miss or repeat proposals."""
+    import zipfile
+
+    import re
+
+    from longtail.common.shards import shard_name
+
+    out = Path(out)
+    sdir = shard_file(out, (1, 1)).parent
+    ns = {int(m.group(1)) for p in (sdir.iterdir() if sdir.is_dir() else [])
+          if (m := re.fullmatch(r"\d+-of-(\d+)\.npz", p.name))}         # not the .parts folders / temp files
+    if num_shards is None and len(ns) != 1:
+        raise LongtailError(f"{sdir}: " + ("no finished shard" if not ns else f"shards of several N {sorted(ns)}")
+                            + "; run every `longtail embed --shard i/N`, or pass --shards N.")
+    n = num_shards if num_shards is not None else ns.pop()
+    chunks: dict[str, list] = {k: [] for k in SHARD_KEYS}
+    for i in range(1, n + 1):
+        f = shard_file(out, (i, n))
+        hint = f"delete it and rerun `longtail embed ... --out {out} --shard {i}/{n}`"
+        if not f.exists():
+            raise LongtailError(f"{f}: shard {i} of {n} missing (not run or not finished); run `longtail embed ... "
+                                f"--out {out} --shard {i}/{n}`.")
+        try:
+            with np.load(f) as z:
+                got = {k: z[k] for k in (*SHARD_KEYS, "fingerprint")}
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+            raise LongtailError(f"{f}: truncated or corrupt embedding shard ({type(e).__name__}: {e}); {hint}.") \
+                from None
+        if str(got["fingerprint"]) != f"{fingerprint}:{shard_name((i, n))}":
+            raise LongtailError(f"{f}: embedded with another model, configuration or proposal set than this "
+                                f"gather's; {hint}.")
+        for k in SHARD_KEYS:
+            chunks[k].append(np.atleast_1d(got[k]))
+    arrays = {k: np.concatenate(v) for k, v in chunks.items()}
+    o = np.argsort(arrays["proposal_ids"], kind="stable")            # proposals.json order
+    for k in SHARD_KEYS[:4]:
+        arrays[k] = arrays[k][o]
+    ids = arrays["proposal_ids"]
+    empty = int(arrays["empty_masks"].sum())
+    if (ids[1:] == ids[:-1]).any() or len(ids) + empty != len(proposals.record_ids):
+        raise LongtailError(f"{sdir}: the {n} shards hold {len(ids)} proposals (+ {empty} empty masks), the set "
+                            f"{proposals.dir} has {len(proposals.record_ids)} kept; delete {sdir} and rerun the "
+                            f"shards with one N.")
+    arrays["empty_masks"] = np.asarray(empty)
+    return arrays

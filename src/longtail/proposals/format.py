@@ -18,6 +18,7 @@ A shard is complete or absent: :class:`ProposalWriter` appends to ``<i>-of-<N>.j
 flushed), writes the shard's ``.json`` and then renames the ``.part``; a killed job leaves only the ``.part``,
 from whose last complete line the next run of that shard resumes (when the method's parameters are unchanged:
 ``.part.json``). ``index.json`` (atomic) marks the set complete. Readers seek to an image's line:
+:class:`ProposalReader` (random access by image id; 28 bytes an image of index memory),
 :func:`read_image_proposals`, :func:`iter_proposals` (memory: one image); :func:`read_proposals` (every record in a
 list: small sets, pycocotools) is built on them. Mask encoding and decoding: :mod:`longtail.common.masks`.
 """
@@ -344,18 +345,68 @@ def image_entries(index: dict) -> dict[int, dict]:
     return {int(im["id"]): im for im in index["images"]}
 
 
+class ProposalReader:
+    """Per-image reads of a gathered proposal set: ``reader.read(image_id)`` seeks to that image's line.
+
+    Memory bound: the reader keeps, per image, only its id, shard number, byte offset and length in numpy
+    arrays (8 + 4 + 8 + 8 = 28 bytes an image: 3.3 MB for COCO train2017's 118k images), one open handle per
+    shard file and no record; the parsed ``index.json`` (``index``, or read here) is not kept. Handles are
+    opened on first use in each process (a pickled reader, e.g. in a DataLoader worker, opens its own).
+    """
+
+    def __init__(self, set_dir: str | Path, index: dict | None = None):
+        self.dir = proposal_set_dir(set_dir)
+        index = index if index is not None else read_index(self.dir)
+        self.shards = sorted({im["shard"] for im in index["images"]})
+        shard_no = {rel: k for k, rel in enumerate(self.shards)}
+        ims = sorted(index["images"], key=lambda im: int(im["id"]))
+        self.image_ids = np.fromiter((int(im["id"]) for im in ims), np.int64, len(ims))
+        self._shard = np.fromiter((shard_no[im["shard"]] for im in ims), np.int32, len(ims))
+        self._offset = np.fromiter((int(im["offset"]) for im in ims), np.int64, len(ims))
+        self._length = np.fromiter((int(im["length"]) for im in ims), np.int64, len(ims))
+        self._files, self._pid = None, None
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __contains__(self, image_id) -> bool:
+        return self._position(image_id) is not None
+
+    def _position(self, image_id) -> int | None:
+        k = int(np.searchsorted(self.image_ids, int(image_id)))
+        return k if k < len(self.image_ids) and self.image_ids[k] == int(image_id) else None
+
+    def read(self, image_id: int) -> list[dict]:
+        """The records of one image (by descending score); a truncated/corrupt line names its file and line."""
+        k = self._position(image_id)
+        if k is None:
+            raise LongtailError(f"{self.dir / INDEX_FILE}: image {image_id} is not in this proposal set")
+        if self._files is None or self._pid != os.getpid():
+            self._files, self._pid = _ShardFiles(self.dir), os.getpid()
+        entry = {"id": int(image_id), "shard": self.shards[self._shard[k]], "offset": int(self._offset[k]),
+                 "length": int(self._length[k])}
+        return self._files.line(entry)["proposals"]
+
+    def close(self) -> None:
+        if self._files is not None and self._pid == os.getpid():
+            self._files.close()
+        self._files = None
+
+    def __enter__(self) -> "ProposalReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self):                     # DataLoader workers open their own files
+        return {**self.__dict__, "_files": None, "_pid": None}
+
+
 def read_image_proposals(set_dir: str | Path, image_id: int, index: dict | None = None) -> list[dict]:
-    """The records of one image (seeks to its line; no other image is read)."""
-    set_dir = proposal_set_dir(set_dir)
-    index = index if index is not None else read_index(set_dir)
-    entry = image_entries(index).get(int(image_id))
-    if entry is None:
-        raise LongtailError(f"{set_dir / INDEX_FILE}: image {image_id} is not in this proposal set")
-    files = _ShardFiles(set_dir)
-    try:
-        return files.line(entry)["proposals"]
-    finally:
-        files.close()
+    """The records of one image (seeks to its line; no other image is read). Many images: a
+    :class:`ProposalReader`."""
+    with ProposalReader(set_dir, index) as reader:
+        return reader.read(image_id)
 
 
 def iter_proposals(set_dir: str | Path, index: dict | None = None) -> Iterator[tuple[dict, list[dict]]]:
