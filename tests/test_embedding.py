@@ -72,8 +72,9 @@ def sample_sets(tmp_path_factory, train_coco, val_coco):
 
 
 def small_cfg(params, **kw) -> dict:
-    # training mechanics on tiny crops: the paper's ResNet-18 (the EfficientNet-Lite default needs >= 32 px)
-    cfg = {**params["embedding"], "backbone": "resnet18", "frozen_stages": -1}
+    # training mechanics on tiny crops: the paper's ResNet-18 (the EfficientNet-Lite default needs >= 32 px),
+    # torch's default init of the FC layers (head_init: pca is tested on its own and in the resume test)
+    cfg = {**params["embedding"], "backbone": "resnet18", "frozen_stages": -1, "head_init": "random"}
     cfg.update(kw)
     return cfg
 
@@ -309,7 +310,7 @@ def test_checkpoint_resume_equals_uninterrupted_run(params, sample_sets, tmp_pat
     from longtail.embedding.train import build_model, train
 
     cfg, ts = make_set(params, sample_sets, crop_size=16, images_per_batch=2, epochs=2, max_steps=0,
-                       checkpoint_every=1, proposals_per_image=6, hidden=[16, 8])
+                       checkpoint_every=1, proposals_per_image=6, hidden=[16, 8], head_init="pca")
     def fresh():
         torch.manual_seed(0)
         return build_model(cfg)
