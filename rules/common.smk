@@ -59,11 +59,26 @@ def config_keys(*keys):
 
 
 def longtail_launch(wildcards, resources):
-    """The command that starts a verb: `longtail`, or for a job given more than one GPU (`resources.gpu`, e.g. the
-    slurm profile's) `torchrun` with one process per GPU on the job's node; the verb reads the world from
-    torchrun's environment (longtail.common.distributed, mmengine's `pytorch` launcher). docs/slurm.md."""
-    n = int(resources.gpu)
+    """The command that starts a verb: `longtail`, or for a job given more than one process `torchrun` with that many
+    processes on the job's node; the verb reads the world from torchrun's environment (longtail.common.distributed,
+    mmengine's `pytorch` launcher: nccl on GPUs, gloo on the CPU). Processes = the resource `nproc` where a job sets
+    one (e.g. `--set-resources train_embedding:nproc=2`, a CPU DDP world: tests/test_scale_rehearsal.py), else one
+    per GPU (`resources.gpu`, e.g. the slurm profile's). docs/slurm.md."""
+    n = int(getattr(resources, "nproc", 0) or resources.gpu)
     return f"torchrun --standalone --nproc_per_node {n} --no-python longtail" if n > 1 else "longtail"
+
+
+# Inside a SLURM job, SIGUSR1 is the profile's pre-timeout warning (`--signal=USR1@300`), which SLURM sends to every
+# process of the job step: the job-step Snakemake that parses this file, the shell it runs the rule in, torchrun
+# and the stage. Only the stage acts on it (it checkpoints and exits 2; the retry resumes): the others ignore it,
+# and the shell and torchrun inherit that, instead of dying at once and taking the stage with them (docs/slurm.md,
+# tested in tests/test_slurm.py on a real SLURM).
+if os.environ.get("SLURM_JOB_ID"):
+    import signal as _signal
+    import threading as _threading
+
+    if _threading.current_thread() is _threading.main_thread():
+        _signal.signal(_signal.SIGUSR1, _signal.SIG_IGN)
 
 
 def final_targets():

@@ -240,3 +240,85 @@ def test_install_profile_links_slurm_profile(tmp_path):
         for key, value in profile["set-resources"][rule].items():
             assert planned[rule].get(key) == str(value), (rule, key, planned[rule])
     assert planned["prepare"]["gpu"] == "0", planned["prepare"]
+
+
+def _run_local(root: Path, *targets: str, timeout: int = 600) -> None:
+    """Build targets in the copy with the local executor (what the SLURM-run rule needs, without SLURM jobs)."""
+    out = subprocess.run([str(BIN / "snakemake"), "--cores", "1", "-q", "--", *targets], cwd=root, env=_env(root),
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def _wait_for(what: str, cond, timeout: float, proc: subprocess.Popen | None = None, every: float = 1.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"snakemake ended (status {proc.returncode}) while waiting for {what}")
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_sigusr1_reaches_the_stage_and_the_retry_resumes(slurm, tmp_path):
+    """The profile's pre-timeout warning `--signal=USR1@300` reaches the training through every process SLURM
+    runs in between (job-step Snakemake -> bash -> longtail; rules/common.smk makes the first two ignore it), on
+    the real local SLURM: `scancel --signal=USR1 <job>` (what SLURM sends at the warning time: every process of
+    the job's steps, not the batch shell) while `train_proposals` runs under the profile; the training writes its
+    checkpoint at the end of the current iteration and exits 2, the job fails, the profile's `retries: 1`
+    resubmits it and the second SLURM job resumes from that iteration and finishes the schedule."""
+    import yaml
+
+    root = copy_worktree(tmp_path / "repo")
+    _run_local(root, "results/data/train_base.json")
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    assert re.fullmatch(r"--signal=USR1@\d+", profile["set-resources"]["train_proposals"]["slurm_extra"]), \
+        "the warning must go to the job steps (no B:, which signals only the batch shell)"
+    iters = 6
+    overlay = tmp_path / "long.yaml"   # no periodic checkpoint: the one found after the signal is the signal's
+    overlay.write_text(yaml.safe_dump({"proposals": {"train": {"max_iters": iters, "checkpoint_interval": 1000,
+                                                               "log_interval": 1, "warmup_iters": 1}}}))
+    cpus, mem = _node_limits()
+    res = [f"train_proposals:{k}" for k in ("gpu=0", f"mem_mb={min(mem, 6000)}", f"cpus_per_task={min(cpus, 2)}",
+                                            "runtime=60")]
+    work = root / "results/proposals/models/maskrcnn"
+    cmd = [str(BIN / "snakemake"), "--profile", str(PROFILE), "--max-threads", str(cpus), "--configfile",
+           str(overlay), "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "10",
+           "--set-resources", *res, "--", str(work.relative_to(root) / "model.pth")]
+    out_path = tmp_path / "snakemake.out"
+    with out_path.open("w") as out_f:
+        proc = subprocess.Popen(cmd, cwd=root, env=_env(root), stdout=out_f, stderr=subprocess.STDOUT, text=True)
+        try:
+            first, joblog = _wait_for("the SLURM job id", lambda: SUBMITTED.findall(out_path.read_text()), 300,
+                                      proc)[0]
+            # the training is in its first iterations (mmengine logs each one to stdout = the SLURM job's log):
+            # the warning arrives now
+            _wait_for("iteration 1 in the job's log", lambda: Path(joblog).is_file() and re.search(
+                rf"Iter\(train\) \[\s*1/{iters}\]", Path(joblog).read_text()), 600, proc, every=0.5)
+            sig = _sh("scancel", "--signal=USR1", first, timeout=30)
+            assert sig.returncode == 0, sig.stderr
+            rc = proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = out_path.read_text()
+    assert rc == 0, text[-6000:]
+    jobs = [j for j, _ in SUBMITTED.findall(text)]
+    assert len(jobs) == 2 and jobs[0] == first, text[-6000:]        # the signalled job and its retry
+    job1, job2 = scontrol_job(jobs[0]), scontrol_job(jobs[1])
+    assert job1["JobState"] == "FAILED" and job2["JobState"] == "COMPLETED", (job1, job2)
+    # the first job's stage stopped itself: exit status 2 (Preempted), not killed by the signal (its SLURM log
+    # holds the job-step Snakemake's report), after its checkpoint of iteration n, 1 <= n < iters (no periodic one)
+    first_log = Path(SUBMITTED.findall(text)[0][1]).read_text()
+    assert "returned non-zero exit status 2." in first_log, first_log[-3000:]
+    done = [int(i) for i in re.findall(rf"Iter\(train\) \[\s*(\d+)/{iters}\]", first_log)]
+    second_log = Path(SUBMITTED.findall(text)[1][1]).read_text()
+    assert "--attempt 2" in second_log and f"Advance dataloader {max(done)} steps" in second_log, second_log[-3000:]
+    m = json.loads((work / "metrics.json").read_text())
+    # the retry resumed at the signal's checkpoint, not from zero, and finished the schedule
+    assert 1 <= m["start_iter"] == max(done) < iters and m["iterations"] == iters, (m, done)
+    assert slurm_time(job1["EndTime"]) <= slurm_time(job2["StartTime"]) + 1
