@@ -8,6 +8,10 @@ elbow grid and one assignment chunk (``discovery.max_chunk_mb``): the stage is O
 gives the bytes per point above the 1x baseline rather than a flat bound.
 
     nice -n 10 .venv/bin/python benchmarks/scale_memory_discovery.py --scales 1 10 100 --base 10000
+    nice -n 10 .venv/bin/python benchmarks/scale_memory_discovery.py --evaluate --scales 1 10 100 --centres 16
+
+``--evaluate``: `longtail evaluate` on a replicated val proposal set (benchmarks/scale_memory.py's writer) with
+its replicated ground truth, synthetic embeddings and cluster labels (one planted centre per point).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_memory import longtail, peak_rss  # noqa: E402
+from scale_memory import REPO, longtail, peak_rss, synthetic_set  # noqa: E402
 
 
 def synthetic_embeddings(path: Path, n: int, dim: int, centres: int, seed: int = 0) -> None:
@@ -45,6 +49,83 @@ def synthetic_embeddings(path: Path, n: int, dim: int, centres: int, seed: int =
              anchor_ann_ids=np.arange(centres), space="poincare", curvature=1.0)
 
 
+# --- evaluate: a replicated proposal set + its replicated ground truth -------------------------------------
+
+def replicated_gt(prepared: Path, split: str, scale: int, out: Path) -> Path:
+    """The split's ground truth x ``scale`` with the image ids of :func:`scale_memory.synthetic_set` (id +
+    k x offset) and new annotation ids: every synthetic image has its GT."""
+    if out.exists():
+        return out
+    coco = json.loads((prepared / f"{split}.json").read_text())
+    offset = 10 ** (len(str(max(im["id"] for im in coco["images"]))) + 1)
+    a_off = 10 ** (len(str(max(a["id"] for a in coco["annotations"]))) + 1)
+    images = [{**im, "id": im["id"] + k * offset} for k in range(scale) for im in coco["images"]]
+    anns = [{**a, "id": a["id"] + k * a_off, "image_id": a["image_id"] + k * offset}
+            for k in range(scale) for a in coco["annotations"]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**coco, "images": images, "annotations": anns}))
+    return out
+
+
+def set_embeddings(index: dict, emb: Path, clusters: Path, dim: int, centres: int, categories: list[int],
+                   seed: int = 0) -> int:
+    """embeddings.npz of every record of a proposal set (planted around ``centres`` centres, as
+    :func:`synthetic_embeddings`) and a clusters.npz labelling each point with its centre (k = centres): the
+    inputs `longtail evaluate` reads, without running embed / cluster at 100x."""
+    import geoopt
+    import torch
+
+    counts = np.asarray([im["num_proposals"] for im in index["images"]], np.int64)
+    image_ids = np.repeat(np.asarray([im["id"] for im in index["images"]], np.int64), counts)
+    n = len(image_ids)
+    if emb.exists() and clusters.exists():
+        return n
+    rng = np.random.default_rng(seed)
+    ball = geoopt.PoincareBall()
+    mu = rng.normal(scale=1.0, size=(centres, dim))
+    lab = rng.integers(centres, size=n)
+    v = mu[lab] + rng.normal(scale=0.15, size=(n, dim))
+    z = ball.projx(ball.expmap0(torch.as_tensor(v))).numpy().astype(np.float32)
+    a = ball.projx(ball.expmap0(torch.as_tensor(mu))).numpy().astype(np.float32)
+    emb.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(emb, proposal_embeddings=z, proposal_ids=np.arange(n), proposal_image_ids=image_ids,
+             proposal_scores=np.ones(n, np.float32), anchor_embeddings=a,
+             anchor_category_ids=np.asarray(categories[:centres], np.int64), anchor_ann_ids=np.arange(centres),
+             space="poincare", curvature=1.0)
+    np.savez(clusters, labels=lab, k=centres, proposal_ids=np.arange(n))
+    return n
+
+
+def evaluate_rows(args) -> list[dict]:
+    import os
+    import subprocess
+
+    prepared = args.out / "prepared"
+    if not (prepared / "val.json").exists():
+        subprocess.run(longtail("prepare", "--out-dir", str(prepared)), check=True, cwd=REPO,
+                       env={**os.environ, "LONGTAIL_MLFLOW": "0"}, capture_output=True)
+    rows = []
+    for scale in args.scales:
+        t = time.time()
+        index = synthetic_set(prepared, "val", scale, args.per_image, args.out / f"set_{scale}x")
+        gt = replicated_gt(prepared, "val", scale, args.out / f"gt_{scale}x.json")
+        emb, cl = args.out / f"eval_emb_{scale}x.npz", args.out / f"eval_clusters_{scale}x.npz"
+        cats = sorted(c["id"] for c in json.loads((prepared / "val.json").read_text())["categories"])
+        n = set_embeddings(index, emb, cl, args.dim, args.centres, cats)
+        print(f"# evaluate {scale}x: {len(index['images'])} images, {n} proposals (inputs in "
+              f"{time.time() - t:.0f} s)", flush=True)
+        rss, secs, _ = peak_rss(longtail(
+            "evaluate", "--embeddings", str(emb), "--clusters", str(cl), "--proposals", str(args.out / f"set_{scale}x"),
+            "--gt", str(gt), "--out-dir", str(args.out / f"evaluate_{scale}x"), "--set", "discovery.n_init=1",
+            "--set", f"discovery.max_iter={args.max_iter}", "--set", f"discovery.baseline_seeds={args.baseline_seeds}",
+            "--set", "discovery.device=cpu"))
+        row = {"stage": "evaluate", "scale": scale, "images": len(index["images"]), "proposals": n,
+               "k": args.centres, "peak_rss_mb": round(rss), "seconds": round(secs, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
@@ -55,7 +136,21 @@ def main() -> int:
     ap.add_argument("--max-iter", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("/tmp/scale_memory_discovery"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--evaluate", action="store_true",
+                    help="`longtail evaluate` instead of cluster: replicated val proposal set (--per-image "
+                         "records an image; 100x x 177 images x 57 = 1.0M) + its replicated ground truth, "
+                         "synthetic embeddings and cluster labels")
+    ap.add_argument("--per-image", type=int, default=57)
+    ap.add_argument("--baseline-seeds", type=int, default=1)
     args = ap.parse_args()
+    if args.evaluate:
+        rows = evaluate_rows(args)
+        for r in rows:
+            r["vs_1x"] = round(r["peak_rss_mb"] / rows[0]["peak_rss_mb"], 2)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1))
+        return 0
     rows = []
     for scale in args.scales:
         n = args.base * scale
