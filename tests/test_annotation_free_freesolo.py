@@ -123,41 +123,118 @@ def _gt_pseudo_masks(tmp_path: Path, n_images: int = 2) -> tuple[Path, Path, lis
     return ds, tmp_path / "pseudo" / "train", ids
 
 
+def _rle(seg: dict) -> dict:
+    c = seg["counts"]
+    return {"size": list(seg["size"]), "counts": c.encode("ascii") if isinstance(c, str) else c}
+
+
+def _kept_pseudo(records: list[dict], thr: float, per_image: int) -> dict[int, list[str]]:
+    """image id -> RLE counts of the pseudo-masks a round trains on: score >= thr, the per_image best per image,
+    non-empty (area and box side >= 1 pixel)."""
+    from pycocotools import mask as mask_utils
+
+    out: dict[int, list[str]] = {}
+    for img in sorted({r["image_id"] for r in records}):
+        best = sorted((r for r in records if r["image_id"] == img and r["score"] >= thr), key=lambda r: -r["score"])
+        for r in best[:per_image]:
+            rle = _rle(r["segmentation"])
+            if mask_utils.area(rle) >= 1 and min(mask_utils.toBbox(rle)[2:]) >= 1:
+                out.setdefault(img, []).append(rle["counts"].decode())
+    return out
+
+
+def _pseudo_json(path: Path) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for a in json.loads(path.read_text())["annotations"]:
+        out.setdefault(a["image_id"], []).append(a["segmentation"]["counts"])
+    return out
+
+
 @pytest.mark.slow
-def test_train_freesolo_then_propose(tmp_path):
-    """Two SOLOv2 iterations with the weak losses on 2 real images, then self-training with an impossible
-    threshold -> the clear 'empty pseudo-mask set' error; the round-0 model proposes masks on val images."""
+def test_train_freesolo_then_propose(tmp_path, pixel_embedding_ckpt):
+    """A whole FreeSOLO run on 2 real images: round 0 on the given pseudo-masks (capped per image) from the
+    pixel-embedding backbone (init: hierarchy), one self-training round on round 0's own predictions (initialised
+    from round 0's model), the last round's model as the final one; then `propose --method solov2-free` with it:
+    valid RLEs, top-K, sorted scores, mask NMS, per image."""
+    from pycocotools import mask as mask_utils
+
     from longtail.cli import main
     from longtail.proposals.format import read_proposals
+    from longtail.proposals.inference import predict_dataset
 
-    ds, _, ids = _gt_pseudo_masks(tmp_path)
+    ds, pseudo_dir, ids = _gt_pseudo_masks(tmp_path)
     work = tmp_path / "fs"
-    sets = ["annotation_free.freesolo.train.max_iters=2", "annotation_free.freesolo.train.scale=[192,192]",
-            "annotation_free.freesolo.train.checkpoint_interval=2", "annotation_free.freesolo.train.warmup_iters=1",
-            "annotation_free.freesolo.weak_loss.pairwise_warmup_iters=1", "annotation_free.freesolo.init=random",
-            "annotation_free.freesolo.self_training_score_thr=0.99"]
-    argv = ["train-freesolo", "--dataset", str(ds), "--pseudo", str(tmp_path / "pseudo" / "train"),
-            "--work-dir", str(work)]
+    per_image, pre_nms, topk, nms_iou = 4, 12, 6, 0.5
+    sets = ["annotation_free.freesolo.train.max_iters=1", "annotation_free.freesolo.train.scale=[160,160]",
+            "annotation_free.freesolo.train.batch_size=1", "annotation_free.freesolo.train.checkpoint_interval=1",
+            "annotation_free.freesolo.train.warmup_iters=1", "annotation_free.freesolo.weak_loss.pairwise_warmup_iters=1",
+            "annotation_free.freesolo.init=hierarchy",
+            f"annotation_free.freesolo.hierarchy_checkpoint={pixel_embedding_ckpt}",
+            "annotation_free.freesolo.self_training_rounds=1",
+            "annotation_free.freesolo.self_training_score_thr=0.0", f"annotation_free.freesolo.pre_nms={pre_nms}",
+            f"annotation_free.freesolo.max_pseudo_per_image={per_image}"]
+    argv = ["train-freesolo", "--dataset", str(ds), "--pseudo", str(pseudo_dir), "--work-dir", str(work)]
     for s in sets:
         argv += ["--set", s]
-    assert main(argv) == 2                                   # round 1 has no prediction >= 0.99
-    assert (work / "round0" / "model.pth").exists() and (work / "round0" / "config.py").exists()
-    assert not (work / "model.pth").exists()                 # nothing final is written on failure
+    assert main(argv) == 0
+    # round 0 trains on the given pseudo-masks, the best `per_image` of each image
+    _, given = read_proposals(pseudo_dir)
+    round0 = _pseudo_json(work / "round0" / "data" / "pseudo_masks.json")
+    assert round0 == _kept_pseudo(given, 0.0, per_image) and set(round0) == set(ids)
+    assert max(len(v) for v in round0.values()) == per_image < max(sum(r["image_id"] == i for r in given) for i in ids)
+    # round 1 trains on round 0's model's predictions on the training images, starting from round 0's weights
+    dataset = json.loads(ds.read_text())
+    preds = predict_dataset(work / "round0", dataset, score_thr=0.0, pre_nms=pre_nms)
+    round1 = _pseudo_json(work / "round1" / "data" / "pseudo_masks.json")
+    assert round1 and round1 == _kept_pseudo(preds, 0.0, per_image)
+    log1 = "".join(p.read_text() for p in (work / "round1").glob("*/*.log"))
+    assert f"Load checkpoint from {work / 'round0' / 'model.pth'}" in log1, log1[-2000:]
+    m = json.loads((work / "metrics.json").read_text())
+    assert [(r["round"], r["iterations"], r["pseudo_masks"]) for r in m["rounds"]] == [
+        (0, 1, sum(map(len, round0.values()))), (1, 1, sum(map(len, round1.values())))]
+    assert m["final_pseudo_masks"] == m["rounds"][1]["pseudo_masks"] and m["pseudo_method"] == "gt-masks"
+    # the final model is the last round's, which trained on from round 0's
+    final, r0, r1 = (torch.load(p, map_location="cpu", weights_only=False)["state_dict"]
+                     for p in (work / "model.pth", work / "round0" / "model.pth", work / "round1" / "model.pth"))
+    assert final.keys() == r1.keys() == r0.keys()
+    assert all(torch.equal(final[k], r1[k]) for k in final)
+    assert any(not torch.equal(r0[k], r1[k]) for k in r0)
+    # init: hierarchy: round 0's backbone started from the pixel embedding's ResNet-50 (round 1 from round 0)
+    from longtail.hierarchy.pixel_embedding import load_pixel_embedding
+
+    pe = load_pixel_embedding(pixel_embedding_ckpt).backbone.state_dict()
+    moved = torch.load(work / "round0" / "hierarchy_backbone.pth", weights_only=False)["state_dict"]
+    assert m["rounds"][0]["backbone_init_tensors"] == len(moved) > 300 and m["rounds"][1]["backbone_init_tensors"] == 0
+    assert all(torch.equal(moved[k], pe[k]) for k in moved) and "layer4.2.conv3.weight" in moved
+    for k in ("conv1.weight", "layer3.5.conv2.weight"):     # one SGD step away from the pixel embedding's weights
+        cos = torch.nn.functional.cosine_similarity(r0[f"backbone.{k}"].flatten(), pe[k].flatten(), dim=0)
+        assert cos > 0.99, (k, float(cos))
+    assert (work / "config.py").read_text() == (work / "round1" / "config.py").read_text()
     from mmengine.config import Config
 
-    head = Config.fromfile(str(work / "round0" / "config.py")).model.mask_head
+    head = Config.fromfile(str(work / "config.py")).model.mask_head
     assert head.type == "FreeSOLOv2Head" and head.weak_loss.alpha == 0.1 and head.weak_loss.dilation == 2
-    assert json.loads((work / "round0" / "data" / "pseudo_masks.json").read_text())["annotations"]
-    # the round-0 model used as a solov2-free proposal network
-    out = tmp_path / "solov2-free" / "val"
-    rc = main(["propose", "--method", "solov2-free", "--dataset", str(ds), "--out-dir", str(out),
-               "--model-dir", str(work / "round0"), "--set", "proposals.topk=100",
-               "--set", "annotation_free.freesolo.score_thr=0.0"])
-    if rc == 0:
-        _, props = read_proposals(out)
-        assert {r["image_id"] for r in props} <= set(ids)
-    else:                                                    # an untrained head may score every mask < 0.01
-        assert rc == 2 and not out.exists()
+    # the final model as the solov2-free proposal network
+    out = tmp_path / "solov2-free" / "train"
+    assert main(["propose", "--method", "solov2-free", "--dataset", str(ds), "--out-dir", str(out),
+                 "--model-dir", str(work), "--set", f"annotation_free.topk={topk}",
+                 "--set", f"proposals.nms_iou={nms_iou}", "--set", "annotation_free.freesolo.score_thr=0.0",
+                 "--set", f"annotation_free.freesolo.pre_nms={pre_nms}"]) == 0
+    index, props = read_proposals(out)
+    assert index["method"] == "solov2-free" and index["topk"] == topk
+    sizes = {im["id"]: [im["height"], im["width"]] for im in dataset["images"]}
+    assert sorted(im["id"] for im in index["images"]) == sorted(ids)
+    for im in index["images"]:
+        mine = [r for r in props if r["image_id"] == im["id"]]
+        assert 0 < len(mine) == im["num_proposals"] <= topk
+        assert [r["score"] for r in mine] == sorted((r["score"] for r in mine), reverse=True)
+        rles = [_rle(r["segmentation"]) for r in mine]
+        for r, rle in zip(mine, rles):
+            mask = mask_utils.decode(rle)
+            assert list(mask.shape) == sizes[im["id"]] and mask.any()
+            assert r["bbox"] == pytest.approx(mask_utils.toBbox(rle).tolist())
+        iou = mask_utils.iou(rles, rles, [0] * len(rles))
+        assert (iou[~np.eye(len(rles), dtype=bool)] <= nms_iou + 1e-9).all()
 
 
 @pytest.mark.slow
@@ -190,3 +267,51 @@ def test_freesolo_round_resumes_from_its_checkpoint(tmp_path):
     again = json.loads((work / "metrics.json").read_text())["rounds"]
     assert [(r["start_iter"], r["iterations"]) for r in again] == [(2, 3), (2, 3)]
     assert (work / "round0" / "iter_3.pth").exists() and (work / "round1" / "iter_3.pth").exists()
+
+
+def test_freesolo_init_auto_hierarchy_random(tmp_path, pixel_embedding_ckpt, monkeypatch, capsys):
+    """annotation_free.freesolo.init (params.yaml: auto = the hierarchy backbone if present, else random): round 0
+    up to the mmengine Runner (not run). hierarchy and auto with the file point the backbone's init_cfg at the
+    pixel embedding's ResNet-50 tensors; auto without it and random leave a random init; hierarchy without it is
+    an error naming the file and the key, before anything is trained."""
+    from longtail.cli import main
+    from longtail.hierarchy.pixel_embedding import load_pixel_embedding
+    from longtail.proposals import runner
+
+    ds, pseudo, _ = _gt_pseudo_masks(tmp_path)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg, *args, **kwargs):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(runner, "run_mmengine", stop)
+
+    def round0(init: str, ckpt: Path, work: Path):
+        argv = ["train-freesolo", "--dataset", str(ds), "--pseudo", str(pseudo), "--work-dir", str(work)]
+        for s in (f"annotation_free.freesolo.init={init}", f"annotation_free.freesolo.hierarchy_checkpoint={ckpt}"):
+            argv += ["--set", s]
+        try:
+            return main(argv)
+        except Stop:
+            return seen[-1].model.backbone.init_cfg
+
+    pe = load_pixel_embedding(pixel_embedding_ckpt).backbone.state_dict()
+    for init in ("hierarchy", "auto"):
+        work = tmp_path / init
+        dst = work / "round0" / "hierarchy_backbone.pth"
+        assert round0(init, pixel_embedding_ckpt, work) == {"type": "Pretrained", "checkpoint": str(dst)}
+        moved = torch.load(dst, weights_only=False)["state_dict"]
+        assert len(moved) > 300 and all(torch.equal(v, pe[k]) for k, v in moved.items())
+    missing = tmp_path / "no_such_pe.pt"
+    assert round0("auto", missing, tmp_path / "auto_missing") is None
+    assert round0("random", pixel_embedding_ckpt, tmp_path / "random") is None
+    assert not (tmp_path / "random" / "round0" / "hierarchy_backbone.pth").exists()
+    capsys.readouterr()
+    assert round0("hierarchy", missing, tmp_path / "h_missing") == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "annotation_free.freesolo.init=hierarchy" in err, err
+    assert not (tmp_path / "h_missing" / "round0" / "model.pth").exists()
