@@ -180,6 +180,9 @@ def test_train_verb_checkpoint_resume_and_load(tmp_path):
     assert m["steps"] == 3 and m["n_train_images"] == 2 and 0 < m["trained"]["covering"] <= 1
     assert 0 < m["random_init"]["covering"] <= 1
     assert m["trained"]["curve"]["k"] == [2, 3, 4] and m["trained"]["k"] in (2, 3, 4)
+    # covering_gain = covering(trained) - covering(random init), both recomputed here: the saved network and the
+    # seeded fresh one, k-means at k = 2, 3, 4, BSDS covering of the humans written out below
+    _check_gain(m, pe.load_pixel_embedding(out), imgs / "2018.jpg", SAMPLE / "groundTruth" / "2018.mat")
     net = pe.load_pixel_embedding(out)
     assert not net.training
     assert torch.equal(net.backbone.conv1.weight, second["backbone"]["conv1.weight"])
@@ -188,6 +191,72 @@ def test_train_verb_checkpoint_resume_and_load(tmp_path):
 
     with pytest.raises(LongtailError, match="junk.pt"):
         pe.load_pixel_embedding(tmp_path / "junk.pt")
+
+
+def _covering(seg: np.ndarray, humans: list[np.ndarray]) -> float:
+    """BSDS segmentation covering of the human segmentations by ``seg``: sum over every human region R of
+    |R| x max IoU(R, S) over the regions S of ``seg``, over the total area of all humans' regions."""
+    num = den = 0.0
+    for h in humans:
+        for r in np.unique(h):
+            R = h == r
+            num += R.sum() * max((R & (seg == s)).sum() / (R | (seg == s)).sum() for s in np.unique(seg[R]))
+            den += R.sum()
+    return num / den
+
+
+def _check_gain(m: dict, trained, image: Path, gt_path: Path, ks=(2, 3, 4)) -> None:
+    """The metrics' trained / random-init covering (one eval image: the best k) and their difference, recomputed
+    independently of evaluate_segments / bench."""
+    from longtail.common.params import load_params, section
+    from longtail.hierarchy import bench
+    from longtail.hierarchy.images import load_rgb
+
+    rgb, humans = load_rgb(image), bench.load_groundtruth(gt_path).segmentations
+    params = load_params()
+    torch.manual_seed(params["seed"])
+    pc = section(params, "hierarchy")["pixel_embedding"]
+    rand = pe.PixelEmbeddingNet(dim=pc["dim"], proj=pc["proj"]).eval()
+    got = {}
+    for name, net in (("trained", trained), ("random_init", rand)):
+        emb = pe.embed_image(net, rgb)
+        curve = [_covering(pe.kmeans_segments(emb, rgb.shape[:2], k, 0), humans) for k in ks]
+        np.testing.assert_allclose(m[name]["curve"]["covering"], curve, atol=1e-4)
+        got[name] = max(curve)
+        assert m[name]["covering"] == pytest.approx(got[name], abs=1e-4)
+    assert m["covering_gain"] == pytest.approx(got["trained"] - got["random_init"], abs=2e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters")
+def test_covering_gain_of_a_known_better_network(tmp_path, monkeypatch):
+    """The verb's covering_gain when the trained network is known to be better than random init: here the
+    training (1 real step) hands back an embedding that is the one-hot of the eval image's coarsest human
+    segmentation, so the gain is large and positive, and equals the difference recomputed independently."""
+    from longtail.hierarchy import bench
+
+    gt = bench.load_groundtruth(SAMPLE / "groundTruth" / "2018.mat")
+    lab = min(gt.segmentations, key=lambda g: len(np.unique(g)))
+    lab = lab - lab.min()
+    oracle = _GTNet(lab)
+    train = pe.train_pixel_embedding
+
+    def trained_is_oracle(*a, **kw):
+        _net, losses = train(*a, **kw)
+        return oracle, losses
+
+    monkeypatch.setattr(pe, "train_pixel_embedding", trained_is_oracle)
+    trees = _tree_folder(tmp_path / "ucm", keys=("3063",))
+    imgs = tmp_path / "eval"
+    imgs.mkdir()
+    (imgs / "2018.jpg").symlink_to(SAMPLE / "images" / "2018.jpg")
+    metrics = tmp_path / "pe.json"
+    assert main(["train-pixel-embedding", "--trees", str(trees), "--eval-images", str(imgs), "--eval-gt",
+                 str(SAMPLE / "groundTruth"), "--out", str(tmp_path / "pe.pt"), "--metrics", str(metrics),
+                 "--set", "hierarchy.pixel_embedding.batch_size=1", "--set", "hierarchy.pixel_embedding.crop_size=64",
+                 "--set", "hierarchy.pixel_embedding.eval_k=4", "--set", "hierarchy.pixel_embedding.steps=1"]) == 0
+    m = json.loads(metrics.read_text())
+    assert m["steps"] == 1 and m["trained"]["covering"] > 0.6 and m["covering_gain"] > 0.2, m
+    _check_gain(m, oracle, imgs / "2018.jpg", SAMPLE / "groundTruth" / "2018.mat")
 
 
 @pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
