@@ -79,19 +79,23 @@ def test_gt_proposals_cli_and_eval(val_set, tmp_path):
     assert m["segm"]["all"]["AR1"] <= len(d["images"]) / n_gt + 1e-6
 
 
+def instances_per_image(d: dict, cat_ids: set[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """Non-crowd GT instances per image: of ``cat_ids``, and of all categories (every image with an instance)."""
+    n_sub, n_all = {}, {}
+    for a in d["annotations"]:
+        if not a.get("iscrowd", 0):
+            n_all[a["image_id"]] = n_all.get(a["image_id"], 0) + 1
+            n_sub[a["image_id"]] = n_sub.get(a["image_id"], 0) + (a["category_id"] in cat_ids)
+    return n_sub, n_all
+
+
 def test_eval_base_only_oracle_has_zero_novel_recall(val_set):
     d, _ = val_set
     base = {c["id"] for c in d["categories"] if c["split"] == "base"}
     recs = gt_records({**d, "annotations": [a for a in d["annotations"] if a["category_id"] in base]})
     m = evaluate_proposals(d, recs)
     # counted from the GT: non-crowd instances per image, base and all
-    n_base = {}
-    n_all = {}
-    for a in d["annotations"]:
-        if not a.get("iscrowd", 0):
-            n_all[a["image_id"]] = n_all.get(a["image_id"], 0) + 1
-            if a["category_id"] in base:
-                n_base[a["image_id"]] = n_base.get(a["image_id"], 0) + 1
+    n_base, n_all = instances_per_image(d, base)
     NB, NA = sum(n_base.values()), sum(n_all.values())
     assert m["num_gt"] == {"base": NB, "novel": NA - NB, "all": NA} and 0 < NB < NA
     # every base object has its exact mask: recall 1 at every IoU, precision 1 -> AP 1; at most K per image
@@ -228,11 +232,7 @@ def test_compare_proposals_cli(val_set, tmp_path):
     mask, variant = the base masks only, their bottom 10 % eroded as above. Expected numbers from the GT counts and the IoUs."""
     d, path = val_set
     base = {c["id"] for c in d["categories"] if c["split"] == "base"}
-    n_base, n_all = {}, {}
-    for a in d["annotations"]:
-        if not a.get("iscrowd", 0):
-            n_all[a["image_id"]] = n_all.get(a["image_id"], 0) + 1
-            n_base[a["image_id"]] = n_base.get(a["image_id"], 0) + (a["category_id"] in base)
+    n_base, n_all = instances_per_image(d, base)
     NB, NA = sum(n_base.values()), sum(n_all.values())
     sets = {"gt": eroded_gt_records(d, erode=False), "gt_base_eroded": eroded_gt_records(d, base, frac=0.1)}
     for method, (recs, _, _) in sets.items():
