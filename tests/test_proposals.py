@@ -181,8 +181,9 @@ def test_error_analysis_background_and_foreground_false_positives():
 
 def eroded_gt_records(d: dict, cat_ids=None, erode=True, frac=0.0) -> tuple[list[dict], list[float], int]:
     """Proposals = the non-crowd GT masks (of ``cat_ids``, default all); with ``erode`` those that touch no other
-    GT mask of their image lose their bottom row of pixels (their bottom ``frac`` of rows, at least one). Each proposal lies inside its own mask and overlaps
-    no other mask unless it is an exact copy, so it is matched to its own mask at IoU = its pixels / the mask's.
+    GT mask of their image lose their bottom row of pixels (their bottom ``frac`` of rows, at least one). Each
+    proposal lies inside its own mask and overlaps no other mask unless it is an exact copy, so it is matched to
+    its own mask at IoU = its pixels / the mask's.
     Returns (records, that IoU per record, pixels removed)."""
     ims = {im["id"]: im for im in d["images"]}
     gts = {}
@@ -229,7 +230,8 @@ def test_error_analysis_cli(val_set, tmp_path):
 
 def test_compare_proposals_cli(val_set, tmp_path):
     """The ablation table of two real proposal sets, as the dcl_ablation rule lays them out: baseline = every GT
-    mask, variant = the base masks only, their bottom 10 % eroded as above. Expected numbers from the GT counts and the IoUs."""
+    mask, variant = the base masks only, their bottom 10 % eroded as above. Expected numbers from the GT counts
+    and the IoUs."""
     d, path = val_set
     base = {c["id"] for c in d["categories"] if c["split"] == "base"}
     n_base, n_all = instances_per_image(d, base)
