@@ -224,9 +224,12 @@ def test_train_freesolo_then_propose(tmp_path, pixel_embedding_ckpt):
     assert index["method"] == "solov2-free" and index["topk"] == topk
     sizes = {im["id"]: [im["height"], im["width"]] for im in dataset["images"]}
     assert sorted(im["id"] for im in index["images"]) == sorted(ids)
+    assert props                          # (a 1-iteration model may find nothing on an image)
     for im in index["images"]:
         mine = [r for r in props if r["image_id"] == im["id"]]
-        assert 0 < len(mine) == im["num_proposals"] <= topk
+        assert len(mine) == im["num_proposals"] <= topk
+        if not mine:
+            continue
         assert [r["score"] for r in mine] == sorted((r["score"] for r in mine), reverse=True)
         rles = [_rle(r["segmentation"]) for r in mine]
         for r, rle in zip(mine, rles):
