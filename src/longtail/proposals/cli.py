@@ -97,7 +97,7 @@ def run_propose(args, params, cfg, run) -> int:
     method = args.method
     topk = propose_topk(params, method)   # annotation_free.topk for the annotation-free methods, else proposals.topk
     meta = {"method": method, "dataset": str(args.dataset), "topk": topk, "nms_iou": cfg["nms_iou"]}
-    if method not in ("gt", *ANNOTATION_FREE_METHODS) and (method in cfg["models"] or args.model_dir):
+    if args.model_dir:  # any method run from a model (networks, solov2-free): another model is another set
         meta["model_dir"] = str(args.model_dir)
     out = Path(args.out_dir)
     if shard_done(out, shard) and _same_meta(out, shard, meta):
