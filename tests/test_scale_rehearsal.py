@@ -36,7 +36,10 @@ PROCS = 2
 # |sharded DDP - reference| allowed for numbers a DDP training changes, absolute (metrics in [0, 1] or losses)
 # (relative to max(1, |reference|)) and which leaves they apply to. Losses: rank 0 logs the loss of its half of the
 # batch; AR/AP: the DDP model gives other proposals; purity/AP of the clusters: k-means on other embeddings.
-TOLERANCES = {"loss": (0.5, r"loss"), "ar_ap": (0.05, r"^(AP|AR)"), "discovery": (0.15, r"^(AP|AR|purity)")}
+# bsds: the BSDS benchmark (not sharded) differed by ~1e-4 in ODS/OIS between the two runs (HED's float32 CPU
+# convolutions under another job layout); the edges/ucm of the COCO sets gave the same proposals byte for byte.
+TOLERANCES = {"loss": (0.5, r"loss"), "ar_ap": (0.05, r"^(AP|AR)"), "discovery": (0.15, r"^(AP|AR|purity)"),
+              "bsds": (1e-3, r".")}
 # keys that measure the run, not the result (time, speed, memory, process layout, paths)
 VOLATILE = re.compile(r"(second|_s$|per_s|time|speed|throughput|rss|mem|duration|world_size|device|path|dir$|"
                       r"file|shards?$|num_shards|host|pid|run_id|start_iter)", re.I)
@@ -214,7 +217,7 @@ def test_sharded_ddp_dag_under_slurm_matches_the_single_process_run(slurm, tmp_p
 
     # exact: what sharding cannot change
     exact = ["data/metrics.json", "hierarchy/metrics/edges_train.json", "hierarchy/metrics/ucm_train.json",
-             "hierarchy/metrics/edges_val.json", "hierarchy/metrics/ucm_val.json", "hierarchy/bsds_val.json",
+             "hierarchy/metrics/edges_val.json", "hierarchy/metrics/ucm_val.json",
              "proposals/gt/metrics_val.json", "proposals/ucm/metrics_val.json"]
     counted = {rel: same_numbers(R, S, rel) for rel in exact}
     assert all(counted.values()), counted
@@ -225,7 +228,8 @@ def test_sharded_ddp_dag_under_slurm_matches_the_single_process_run(slurm, tmp_p
     # DDP: the trainings' metrics say so, and their numbers stay within the tolerances
     pix = json.loads((S / "hierarchy/metrics/pixel_embedding.json").read_text())
     assert pix["world_size"] == PROCS, pix
-    within = {"hierarchy/metrics/pixel_embedding.json": TOLERANCES["loss"],
+    within = {"hierarchy/bsds_val.json": TOLERANCES["bsds"],
+              "hierarchy/metrics/pixel_embedding.json": TOLERANCES["loss"],
               "proposals/models/maskrcnn/metrics.json": TOLERANCES["loss"],
               "proposals/maskrcnn/metrics_val.json": TOLERANCES["ar_ap"],
               "proposals/maskrcnn/errors_val.json": TOLERANCES["ar_ap"],
