@@ -147,7 +147,12 @@ def test_maskrcnn_propose_and_eval(maskrcnn, data, tmp_path):
     assert sorted(im["id"] for im in index["images"]) == sorted(im["id"] for im in val["images"])
     assert all(r["category_id"] == 1 and 0.0 <= r["score"] <= 1.0 for r in recs)
     sizes = {im["id"]: [im["height"], im["width"]] for im in val["images"]}
-    pairs = 0
+    # the network's raw outputs (proposals.score_thr / pre_nms) that the verb's greedy mask NMS started from
+    from longtail.proposals.inference import predict_dataset
+
+    pcfg = load_params()["proposals"]
+    raw = predict_dataset(maskrcnn, val, score_thr=pcfg["score_thr"], pre_nms=pcfg["pre_nms"])
+    pairs = dropped = 0
     for im in index["images"]:
         mine = [r for r in recs if r["image_id"] == im["id"]]
         assert len(mine) == im["num_proposals"] <= topk
@@ -160,7 +165,18 @@ def test_maskrcnn_propose_and_eval(maskrcnn, data, tmp_path):
             off = iou[~np.eye(len(rles), dtype=bool)]
             assert off.max() <= nms_iou + 1e-9, (im["id"], float(off.max()))
             pairs += off.size
-    assert len(recs) > 0 and pairs > 0                            # the checks above saw real proposals
+        # greedy NMS: every kept mask is a raw output; every raw output left out overlaps a kept one with a
+        # score at least its own by more than the NMS IoU (or top-K was full)
+        kept = {r["segmentation"]["counts"] for r in mine}
+        theirs = [r for r in raw if r["image_id"] == im["id"]]
+        assert kept <= {r["segmentation"]["counts"] for r in theirs}
+        left = [r for r in theirs if r["segmentation"]["counts"] not in kept]
+        dropped += len(left)
+        if left and len(mine) < topk:
+            ov = mask_utils.iou([_rle(r["segmentation"]) for r in left], rles, [0] * len(rles))
+            better = np.array([[k["score"] >= r["score"] for k in mine] for r in left])
+            assert ((ov > nms_iou) & better).any(axis=1).all(), im["id"]
+    assert len(recs) > 0 and pairs > 0 and dropped > 0            # the checks above saw real proposals and NMS
     metrics = tmp_path / "metrics.json"
     assert main(["eval-proposals", "--proposals", str(out), "--dataset", str(root / "val.json"),
                  "--out", str(metrics)]) == 0
