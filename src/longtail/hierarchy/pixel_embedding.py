@@ -349,17 +349,22 @@ class ImageList:
 
 class TreeImages(torch.utils.data.Dataset):
     """The training images of a `longtail ucm` folder (``index.json``), read per item: ``self[j]`` decodes image
-    j and its region tree (cut to ``max_regions`` finest regions) -> (RGB, tree, d_T). Nothing is kept between
-    items: memory is one image's, whatever the number of images."""
+    j and its region tree (cut to ``max_regions`` finest regions) -> (RGB, tree, d_T). Images are not kept
+    between items; the last ``tree_cache`` cut trees with their d_T are (per process: a DataLoader worker has its
+    own), as cutting a tree is ~0.1 s of CPU and every training step draws trees again (memory: ``tree_cache``
+    trees of one image's size, whatever the number of images; 0 = none)."""
 
     def __init__(self, trees_dir: str | os.PathLike, max_regions: int, min_size: int = 32,
-                 distance_norm: str = "raw"):
+                 distance_norm: str = "raw", tree_cache: int = 32):
+        from collections import OrderedDict
+
         from longtail.hierarchy.process import load_index
         from longtail.hierarchy.shards import hierarchy_dir
 
         self.dir = hierarchy_dir(trees_dir)               # the folder or its index.json
         self.entries = load_index(self.dir, "region tree")
         self.max_regions, self.min_size, self.norm = int(max_regions or 0), int(min_size), distance_norm
+        self.tree_cache, self._trees = int(tree_cache), OrderedDict()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -373,10 +378,18 @@ class TreeImages(torch.utils.data.Dataset):
         from longtail.hierarchy.tree import load_region_tree
         from longtail.hierarchy.ucm import rebuild
 
+        if j in self._trees:                              # LRU of the cut trees (read-only for the callers)
+            self._trees.move_to_end(j)
+            return self._trees[j]
         tree = load_region_tree(self.dir / self.entries[j]["tree"])
         if self.max_regions and tree.n_leaves > self.max_regions:
             tree = rebuild(tree, tree.cut_regions(self.max_regions))
-        return tree, region_distances(tree, self.norm)
+        out = tree, region_distances(tree, self.norm)
+        if self.tree_cache > 0:
+            self._trees[j] = out
+            if len(self._trees) > self.tree_cache:
+                self._trees.popitem(last=False)
+        return out
 
     def name(self, j: int) -> str:
         return f"{self.dir / self.entries[j]['tree']} (image {self.entries[j]['image']})"
