@@ -38,7 +38,7 @@ PROCS = 2
 # batch; AR/AP: the DDP model gives other proposals; purity/AP of the clusters: k-means on other embeddings.
 # bsds: the BSDS benchmark (not sharded) differed by ~1e-4 in ODS/OIS between the two runs (HED's float32 CPU
 # convolutions under another job layout); the edges/ucm of the COCO sets gave the same proposals byte for byte.
-TOLERANCES = {"loss": (0.5, r"loss"), "ar_ap": (0.05, r"^(AP|AR)"), "discovery": (0.15, r"^(AP|AR|purity)"),
+TOLERANCES = {"loss": (0.5, r"loss"), "ar_ap": (0.05, r"^(AP|AR)"), "discovery": (0.15, r"^(AP\w*|AR\w*|purity)$"),
               "bsds": (1e-3, r".")}
 # keys that measure the run, not the result (time, speed, memory, process layout, paths)
 VOLATILE = re.compile(r"(second|_s$|per_s|time|speed|throughput|rss|mem|duration|world_size|device|path|dir$|"
@@ -232,8 +232,7 @@ def test_sharded_ddp_dag_under_slurm_matches_the_single_process_run(slurm, tmp_p
               "hierarchy/metrics/pixel_embedding.json": TOLERANCES["loss"],
               "proposals/models/maskrcnn/metrics.json": TOLERANCES["loss"],
               "proposals/maskrcnn/metrics_val.json": TOLERANCES["ar_ap"],
-              "proposals/maskrcnn/errors_val.json": TOLERANCES["ar_ap"],
-              "report/metrics.json": TOLERANCES["discovery"]}
+              "proposals/maskrcnn/errors_val.json": TOLERANCES["ar_ap"]}
     pipe = _config(run, overlay)["pipeline"]
     for method in pipe["embedding_methods"]:
         for variant in pipe["embedding_variants"]:
