@@ -55,6 +55,26 @@ def _metrics(out: Path) -> dict:
     return {k: v for k, v in m.items() if not any(t in k for t in TIMING)}
 
 
+# A resumed run equals the uninterrupted one to float32 rounding, not bitwise: the frozen backbone's features are
+# memoised per crop (EmbeddingNet.features), first computed in the PCA head-init pass's batches; after a kill the
+# memo is empty and the remaining steps compute them in the training batches, where the CPU convolutions round
+# differently (measured: 1e-7 relative on the losses). Same seed, same process -> bitwise (test_same_seed...).
+RESUME_RTOL = 1e-5
+
+
+def _same_as_uninterrupted(out: Path, uninterrupted: Path) -> None:
+    import torch
+
+    got, want = _metrics(out), _metrics(uninterrupted)
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k] == (pytest.approx(v, rel=RESUME_RTOL, abs=1e-7) if isinstance(v, float) else v), k
+    a = torch.load(uninterrupted / "model.pt", weights_only=False)["model"]
+    b = torch.load(out / "model.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=RESUME_RTOL, atol=1e-6) for k in a)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(gt_train, tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("emb") / "a"
@@ -91,7 +111,7 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, gt_train, tmp_p
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-2000:]
     assert "resum" in err.lower()
-    assert _metrics(out) == _metrics(uninterrupted)
+    _same_as_uninterrupted(out, uninterrupted)
     assert not ckpt.exists()
 
 
@@ -114,10 +134,7 @@ def test_sigusr1_checkpoints_and_resume_equals_uninterrupted(uninterrupted, gt_t
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-2000:]
     assert f"at step {stopped_at}/" in err                    # resumed there, not from zero
-    assert _metrics(out) == _metrics(uninterrupted)
-    a = torch.load(uninterrupted / "model.pt", weights_only=False)["model"]
-    b = torch.load(out / "model.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _same_as_uninterrupted(out, uninterrupted)
 
 
 def _embed(model, props, anchors, out: Path, repo_root, *extra):

@@ -246,7 +246,7 @@ def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | 
         total = min(total, int(cfg["max_steps"]))
     opt = geoopt.optim.RiemannianAdam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     fp = fingerprint(cfg, data, seed)
-    step, history = 0, []
+    step, history, init_info = 0, [], {}
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.exists():
         state = torch.load(ckpt, map_location=model_device(model), weights_only=False)
@@ -254,10 +254,10 @@ def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | 
             model.load_state_dict(state["model"])
             load_optimizer_state(opt, state["optimizer"])
             step, history = int(state["step"]), list(state["history"])
+            init_info = dict(state.get("init_info", {}))   # the head init's numbers, reported by the resumed run too
             log.info("resuming from %s at step %d/%d", ckpt, step, total)
         else:
             log.warning("checkpoint %s is from another configuration or data; starting over", ckpt)
-    init_info = {}
     if step == 0:                                  # a resumed run has its trained head already
         t_init = time.time()
         init_info = init_head(model, data, cfg, seed)
@@ -268,7 +268,7 @@ def train(model: EmbeddingNet, data, cfg: dict, *, seed: int, checkpoint: str | 
             return
         with atomic_path(ckpt) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": s,
-                        "history": history, "fingerprint": fp}, tmp)
+                        "history": history, "fingerprint": fp, "init_info": init_info}, tmp)
 
     net = model
     if world > 1:
