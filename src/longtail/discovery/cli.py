@@ -79,25 +79,26 @@ def run_evaluate(args, params, cfg, run):
     from longtail.discovery.clustering import load_clusters
     from longtail.discovery.embeddings import load_embeddings
     from longtail.discovery.labelling import evaluate_clusters, load_lvis
-    from longtail.proposals.format import read_proposals
+    from longtail.proposals.format import read_index
 
     out = Path(args.out_dir)
     emb = load_embeddings(args.embeddings)
     labels, k, grid = load_clusters(args.clusters, emb, args.embeddings)
-    index, records = read_proposals(args.proposals)
+    index = read_index(args.proposals)
     gt = read_json(args.gt, "ground truth")
     img_ids = [im["id"] for im in index["images"]]
     no_props = [im["id"] for im in index["images"] if im.get("num_proposals", 1) == 0]
     lvis, synsets = load_lvis(cfg, img_ids)
     kcfg = {**cfg, "device": str(select_device(cfg["device"], "evaluate"))}
-    m, dets, cl_label = evaluate_clusters(emb, labels, k, records, gt, kcfg, img_ids, params["seed"],
-                                          lvis, synsets, grid, sources={"embeddings": args.embeddings,
-                                                                       "proposals": args.proposals, "gt": args.gt})
+    # proposals read per chunk of images; detections.json written chunk by chunk (bounded memory, issue 15)
+    m, _, cl_label = evaluate_clusters(emb, labels, k, args.proposals, gt, kcfg, img_ids, params["seed"],
+                                       lvis, synsets, grid, sources={"embeddings": args.embeddings,
+                                                                    "proposals": args.proposals, "gt": args.gt},
+                                       detections_out=out / "detections.json", index=index)
     for row in m.get("purity_by_k", []):
         run.log_metrics({kk: v for kk, v in row.items() if kk != "k"}, step=row["k"])
     # images without proposals still count: their GT instances are misses (documented)
     m["images_without_proposals"] = len(no_props)
-    write_json(out / "detections.json", dets, indent=None)
     write_json(out / "cluster_labels.json", {"k": k, "labels": cl_label.tolist(),
                                              "categories": {c["id"]: c["name"] for c in gt["categories"]}})
     run.write_metrics(out / "metrics.json", m)

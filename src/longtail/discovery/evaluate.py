@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 from collections import defaultdict
@@ -166,39 +167,140 @@ def _quiet():
         yield buf
 
 
+def gt_by_image(gt: dict) -> dict[int, list[dict]]:
+    """Image id -> its annotations of ``gt`` (references, in the file's order)."""
+    out: dict[int, list[dict]] = defaultdict(list)
+    for a in gt["annotations"]:
+        out[a["image_id"]].append(a)
+    return out
+
+
+def gt_subset(gt: dict, by_img: dict[int, list[dict]], img_ids: Iterable[int]) -> dict:
+    """``gt`` restricted to ``img_ids`` (its other keys kept): the ground truth of one chunk of images. The
+    annotations are shallow copies, so an evaluator's in-place edits (RLE, ignore flags) stay in the chunk."""
+    ids = {int(i) for i in img_ids}
+    return {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
+            "annotations": [dict(a) for i in sorted(ids) for a in by_img.get(i, [])]}
+
+
+class _EvalImgs:
+    """The per (category, area range, image) results of pycocotools' / lvis' ``evaluate`` over every chunk of
+    images, for one ``accumulate``: read as their flat list (category-major, then area, then image; None where
+    an image has neither GT nor detections of a category), stored sparse and lean.
+
+    Lean = only what ``accumulate`` reads (scores, the matched flag per IoU threshold as bool instead of the
+    matched id, ignore flags): per (image, category) with detections, 8 + 2 x 10 bytes a detection and range
+    plus ~0.6 KB of arrays. ``accumulate`` only tests the matched id against 0, so AP is the same to the bit.
+    """
+
+    def __init__(self, keys: dict[str, str], n_imgs: int):
+        self.keys, self.n_imgs, self.size = keys, n_imgs, 0
+        self.entries: dict[int, dict] = {}
+
+    def add(self, chunk: Sequence[dict | None], first: int, n: int) -> None:
+        """One chunk's ``evalImgs`` (over its ``n`` images, the ``first``-th.. of all) merged in."""
+        self.size = len(chunk) // n * self.n_imgs
+        for j, e in enumerate(chunk):
+            if e is None:
+                continue
+            ka, i = divmod(j, n)
+            k = self.keys
+            self.entries[ka * self.n_imgs + first + i] = {
+                k["scores"]: np.asarray(e[k["scores"]], np.float64),
+                k["matches"]: np.asarray(e[k["matches"]]) != 0,
+                k["dt_ignore"]: np.asarray(e[k["dt_ignore"]], bool),
+                k["gt_ignore"]: np.asarray(e[k["gt_ignore"]]).astype(bool),
+                **({k["ids"]: np.asarray(e[k["ids"]], np.int64)} if "ids" in k else {})}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int):
+        return self.entries.get(i)
+
+
+class CocoChunks:
+    """Segm AP (pycocotools) on ``cat_ids`` x ``img_ids``, evaluated chunk by chunk of images (:meth:`add`) and
+    accumulated once (:meth:`result`): the same numbers as one ``COCOeval`` over every image (the per-image
+    results are independent; ``accumulate`` reads them in image order). Categories without GT in ``img_ids``
+    are ignored; chunks must come in ascending image id."""
+
+    def __init__(self, gt: dict, cat_ids: Iterable[int], img_ids: Iterable[int], max_dets: int = 100):
+        self.img_ids = sorted({int(i) for i in img_ids})
+        self._pos = {i: n for n, i in enumerate(self.img_ids)}
+        img_set = set(self.img_ids)
+        gt_ids = {a["category_id"] for a in gt["annotations"] if a["image_id"] in img_set}
+        self.cats = [c for c in sorted({int(c) for c in cat_ids}) if c in gt_ids]
+        if not self.cats:
+            raise LongtailError("evaluation: none of the evaluated categories has a ground-truth instance in the "
+                                "evaluated images; choose other categories (discovery.eval_categories) or images")
+        self.gt, self.by_img, self.max_dets = gt, gt_by_image(gt), max_dets
+        self.n_dets, self._ev, self._next = 0, None, 0
+        self.merged = _EvalImgs({"scores": "dtScores", "matches": "dtMatches", "dt_ignore": "dtIgnore",
+                                 "gt_ignore": "gtIgnore"}, len(self.img_ids))
+
+    def add(self, img_ids: Iterable[int], dets: Sequence[dict]) -> None:
+        """Evaluate the images ``img_ids`` (those of the evaluated ones) with their detections ``dets``."""
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        ids = sorted(i for i in {int(i) for i in img_ids} if i in self._pos)
+        if not ids:
+            return
+        if self._pos[ids[0]] != self._next or self._pos[ids[-1]] != self._next + len(ids) - 1:
+            raise LongtailError("CocoChunks.add: chunks must be consecutive runs of the image ids, in order")
+        cats, keep = set(self.cats), set(ids)
+        dets = [dict(d) for d in dets if d["category_id"] in cats and d["image_id"] in keep]
+        self.n_dets += len(dets)
+        with _quiet():
+            cg = COCO()
+            cg.dataset = {k: v for k, v in gt_subset(self.gt, self.by_img, ids).items()
+                          if k in ("images", "annotations", "categories")}
+            cg.dataset.setdefault("info", {})
+            cg.createIndex()
+            if dets:
+                cd = cg.loadRes(dets)
+            else:
+                cd = COCO()
+                cd.dataset = {"images": cg.dataset["images"], "categories": cg.dataset["categories"],
+                              "annotations": []}
+                cd.createIndex()
+            ev = COCOeval(cg, cd, "segm")
+            ev.params.catIds = self.cats
+            ev.params.imgIds = ids
+            ev.params.maxDets = [1, 10, self.max_dets]
+            ev.evaluate()
+        self.merged.add(ev.evalImgs, self._next, len(ids))
+        self._next += len(ids)
+        ev.evalImgs, ev.ious, ev._gts, ev._dts = [], {}, None, None
+        self._ev = ev
+
+    def result(self) -> dict:
+        if self._next != len(self.img_ids):
+            raise LongtailError(f"CocoChunks: {self._next} of the {len(self.img_ids)} evaluated images were "
+                                f"added; add every chunk before the result")
+        if not self.n_dets:
+            return {**{k: 0.0 for k in COCO_KEYS}, "categories_evaluated": len(self.cats), "detections": 0}
+        ev = self._ev
+        ev.params.imgIds = self.img_ids
+        ev._paramsEval = copy.deepcopy(ev.params)
+        ev.evalImgs = self.merged
+        with _quiet():
+            ev.accumulate()
+            ev.summarize()
+        stats = [float(s) for s in ev.stats[:6]]
+        # -1 = no GT in that area range: report 0 would be wrong, keep None
+        return {**{k: (v if v >= 0 else None) for k, v in zip(COCO_KEYS, stats)},
+                "categories_evaluated": len(self.cats), "detections": self.n_dets}
+
+
 def coco_eval(gt: dict, dets: list[dict], cat_ids: Iterable[int], img_ids: Iterable[int],
               max_dets: int = 100) -> dict:
-    """Segm AP (pycocotools) on ``cat_ids`` x ``img_ids``; categories without GT there are ignored."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    img_ids = sorted({int(i) for i in img_ids})
-    cat_ids = sorted({int(c) for c in cat_ids})
-    gt_ids = {a["category_id"] for a in gt["annotations"] if a["image_id"] in set(img_ids)}
-    eval_cats = [c for c in cat_ids if c in gt_ids]
-    if not eval_cats:
-        raise LongtailError("evaluation: none of the evaluated categories has a ground-truth instance in the "
-                            "evaluated images; choose other categories (discovery.eval_categories) or images")
-    with _quiet():
-        cg = COCO()
-        cg.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
-        cg.dataset.setdefault("info", {})
-        cg.createIndex()
-        dets = [d for d in dets if d["category_id"] in set(eval_cats) and d["image_id"] in set(img_ids)]
-        if not dets:
-            return {**{k: 0.0 for k in COCO_KEYS}, "categories_evaluated": len(eval_cats), "detections": 0}
-        cd = cg.loadRes([dict(d) for d in dets])
-        ev = COCOeval(cg, cd, "segm")
-        ev.params.catIds = eval_cats
-        ev.params.imgIds = img_ids
-        ev.params.maxDets = [1, 10, max_dets]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = [float(s) for s in ev.stats[:6]]
-    # -1 = no GT in that area range: report 0 would be wrong, keep None
-    return {**{k: (v if v >= 0 else None) for k, v in zip(COCO_KEYS, stats)},
-            "categories_evaluated": len(eval_cats), "detections": len(dets)}
+    """Segm AP (pycocotools) on ``cat_ids`` x ``img_ids``; categories without GT there are ignored. All images
+    in one chunk (:class:`CocoChunks`)."""
+    ev = CocoChunks(gt, cat_ids, img_ids, max_dets)
+    ev.add(ev.img_ids, dets)
+    return ev.result()
 
 
 def _lvis_from_dict(d: dict):
@@ -231,70 +333,120 @@ def is_lvis(gt: dict) -> bool:
             and all("neg_category_ids" in im and "not_exhaustive_category_ids" in im for im in gt["images"]))
 
 
-def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = None,
-              max_dets: int = 300, cat_ids: Iterable[int] | None = None,
-              subsets: dict[str, Iterable[int]] | None = None) -> dict:
-    """LVIS segm AP (the ``lvis`` API) incl. APr/APc/APf, restricted to ``img_ids`` if given.
+class LvisChunks:
+    """LVIS segm AP (the ``lvis`` API) incl. APr/APc/APf, restricted to ``img_ids`` if given, evaluated chunk by
+    chunk of images (:meth:`add`, ascending image id) and accumulated once (:meth:`result`): the same numbers as
+    one ``LVISEval`` over every image (per-image results, the at most ``max_dets`` detections an image, the
+    federated negative / not-exhaustive lists are all per image).
 
     ``cat_ids`` restricts the averages to those categories (APr/c/f then average over their frequency groups);
     ``subsets`` (name -> category ids, e.g. ``{"novel": [...]}`` for Table 1) adds the same numbers over each
-    subset under its name, from the same evaluation (one ``LVISEval`` run: per-category precision does not
-    depend on the other categories). The at most ``max_dets`` detections per image are chosen among all
-    categories first, as in a full LVIS evaluation.
+    subset under its name, from the same evaluation (per-category precision does not depend on the other
+    categories). The at most ``max_dets`` detections per image are chosen among all categories first, as in a
+    full LVIS evaluation.
     """
-    from lvis import LVISEval, LVISResults
 
-    if isinstance(gt, str):
-        from longtail.common.io import read_json
+    def __init__(self, gt: dict | str, img_ids: Iterable[int] | None = None, max_dets: int = 300,
+                 cat_ids: Iterable[int] | None = None, subsets: dict[str, Iterable[int]] | None = None):
+        if isinstance(gt, str):
+            from longtail.common.io import read_json
 
-        gt = read_json(gt, "LVIS annotation file")
-    if img_ids is not None:
-        keep = {int(i) for i in img_ids} & {im["id"] for im in gt["images"]}
-        if not keep:
-            raise LongtailError("LVIS evaluation: no evaluated image is in the LVIS annotation file; "
-                                "set discovery.lvis_json to the LVIS file of these images (or null)")
-        gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
-              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
-    keep_img = {im["id"] for im in gt["images"]}
-    all_cats = {c["id"] for c in gt["categories"]}
-    groups = {None: all_cats if cat_ids is None else cat_ids, **(subsets or {})}
-    groups = {name: sorted({int(c) for c in ids} & all_cats) for name, ids in groups.items()}
-    for name, ids in groups.items():
+            gt = read_json(gt, "LVIS annotation file")
+        if img_ids is not None:
+            keep = {int(i) for i in img_ids} & {im["id"] for im in gt["images"]}
+            if not keep:
+                raise LongtailError("LVIS evaluation: no evaluated image is in the LVIS annotation file; "
+                                    "set discovery.lvis_json to the LVIS file of these images (or null)")
+            gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+                  "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+        self.img_ids = sorted(im["id"] for im in gt["images"])
+        self._pos = {i: n for n, i in enumerate(self.img_ids)}
+        all_cats = {c["id"] for c in gt["categories"]}
+        groups = {None: all_cats if cat_ids is None else cat_ids, **(subsets or {})}
+        self.groups = {name: sorted({int(c) for c in ids} & all_cats) for name, ids in groups.items()}
+        for name, ids in self.groups.items():
+            if not ids:
+                raise LongtailError(f"LVIS evaluation: none of the {name or 'evaluated'} categories is a category "
+                                    f"of the LVIS ground truth; check discovery.eval_categories and the categories "
+                                    f"of --gt")
+        self.cats = sorted(set().union(*self.groups.values()))
+        self.with_gt = {a["category_id"] for a in gt["annotations"]}
+        self.gt, self.by_img, self.max_dets = gt, gt_by_image(gt), max_dets
+        self.n_dets, self._ev, self._next = 0, None, 0
+        self.merged = _EvalImgs({"scores": "dt_scores", "matches": "dt_matches", "dt_ignore": "dt_ignore",
+                                 "gt_ignore": "gt_ignore", "ids": "dt_ids"}, len(self.img_ids))
+
+    def add(self, img_ids: Iterable[int], dets: Sequence[dict]) -> None:
+        """Evaluate the images ``img_ids`` (those of the LVIS ground truth) with their detections ``dets``."""
+        from lvis import LVISEval, LVISResults
+
+        ids = sorted(i for i in {int(i) for i in img_ids} if i in self._pos)
         if not ids:
-            raise LongtailError(f"LVIS evaluation: none of the {name or 'evaluated'} categories is a category of "
-                                f"the LVIS ground truth; check discovery.eval_categories and the categories of --gt")
-    with_gt = {a["category_id"] for a in gt["annotations"]}
-    dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets if d["image_id"] in keep_img]
-    for d in dets:  # LVISResults computes area from bytes RLE
-        d["segmentation"] = rle_for_pycocotools(d["segmentation"])
-
-    def counts(ids):
-        return {"detections": len(dets), "images": len(keep_img), "categories_evaluated": len(with_gt & set(ids))}
-
-    if not dets:
-        out = {name: {**{k: 0.0 for k in LVIS_KEYS}, **counts(ids)} for name, ids in groups.items()}
-        return {**out.pop(None), **out}
-    logging.getLogger("lvis").setLevel(logging.WARNING)
-    lg = _lvis_from_dict(gt)
-    with _quiet():
-        res = LVISResults(lg, dets, max_dets=max_dets)
-        ev = LVISEval(lg, res, "segm")
-        ev.params.cat_ids = sorted(set().union(*groups.values()))
-        ev.run()
-    full, freq_groups = dict(ev.eval), ev.freq_groups
-    pos = {c: i for i, c in enumerate(ev.params.cat_ids)}
-    out = {}
-    for name, ids in groups.items():
-        idx = [pos[c] for c in ids]
-        group_of = {i: g for g, members in enumerate(freq_groups) for i in members}
-        ev.eval = {**full, "precision": full["precision"][:, :, idx], "recall": full["recall"][:, idx]}
-        ev.freq_groups = [[j for j, i in enumerate(idx) if group_of[i] == g] for g in range(len(freq_groups))]
-        ev.results.clear()
+            return
+        if self._pos[ids[0]] != self._next or self._pos[ids[-1]] != self._next + len(ids) - 1:
+            raise LongtailError("LvisChunks.add: chunks must be consecutive runs of the image ids, in order")
+        keep = set(ids)
+        dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets if d["image_id"] in keep]
+        for d in dets:  # LVISResults computes area from bytes RLE
+            d["segmentation"] = rle_for_pycocotools(d["segmentation"])
+        self.n_dets += len(dets)
+        logging.getLogger("lvis").setLevel(logging.WARNING)
+        lg = _lvis_from_dict(gt_subset(self.gt, self.by_img, ids))
         with _quiet():
-            ev.summarize()
-        r = ev.get_results()
-        out[name] = {**{k: (float(r[k]) if r[k] >= 0 else None) for k in LVIS_KEYS}, **counts(ids)}
-    return {**out.pop(None), **out}
+            if dets:
+                res = LVISResults(lg, dets, max_dets=self.max_dets)
+            else:
+                res = LVISResults.__new__(LVISResults)
+                res.logger, res.dataset = logging.getLogger("lvis"), {**lg.dataset, "annotations": []}
+                res._create_index()
+            ev = LVISEval(lg, res, "segm")
+            ev.params.cat_ids = self.cats
+            ev.evaluate()
+        self.merged.add(ev.eval_imgs, self._next, len(ids))
+        self._next += len(ids)
+        ev.eval_imgs, ev.ious, ev._gts, ev._dts = [], {}, None, None
+        self._ev = ev
+
+    def result(self) -> dict:
+        if self._next != len(self.img_ids):
+            raise LongtailError(f"LvisChunks: {self._next} of the {len(self.img_ids)} evaluated images were "
+                                f"added; add every chunk before the result")
+
+        def counts(ids):
+            return {"detections": self.n_dets, "images": len(self.img_ids),
+                    "categories_evaluated": len(self.with_gt & set(ids))}
+
+        if not self.n_dets:
+            out = {name: {**{k: 0.0 for k in LVIS_KEYS}, **counts(ids)} for name, ids in self.groups.items()}
+            return {**out.pop(None), **out}
+        ev = self._ev
+        ev.params.img_ids = self.img_ids
+        ev.eval_imgs = self.merged
+        with _quiet():
+            ev.accumulate()
+        full, freq_groups = dict(ev.eval), ev.freq_groups
+        pos = {c: i for i, c in enumerate(ev.params.cat_ids)}
+        out = {}
+        for name, ids in self.groups.items():
+            idx = [pos[c] for c in ids]
+            group_of = {i: g for g, members in enumerate(freq_groups) for i in members}
+            ev.eval = {**full, "precision": full["precision"][:, :, idx], "recall": full["recall"][:, idx]}
+            ev.freq_groups = [[j for j, i in enumerate(idx) if group_of[i] == g] for g in range(len(freq_groups))]
+            ev.results.clear()
+            with _quiet():
+                ev.summarize()
+            r = ev.get_results()
+            out[name] = {**{k: (float(r[k]) if r[k] >= 0 else None) for k in LVIS_KEYS}, **counts(ids)}
+        return {**out.pop(None), **out}
+
+
+def lvis_eval(gt: dict | str, dets: list[dict], img_ids: Iterable[int] | None = None,
+              max_dets: int = 300, cat_ids: Iterable[int] | None = None,
+              subsets: dict[str, Iterable[int]] | None = None) -> dict:
+    """LVIS segm AP of :class:`LvisChunks` with every image in one chunk."""
+    ev = LvisChunks(gt, img_ids, max_dets, cat_ids, subsets)
+    ev.add(ev.img_ids, dets)
+    return ev.result()
 
 
 def protocol(gt: dict, eval_categories: str) -> dict:
