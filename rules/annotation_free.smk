@@ -12,7 +12,7 @@ rule propose_ucm:
     input:
         dataset=f"{DATA}/{{split}}.json",
         trees=f"{AF['ucm']['tree_dir']}/{{split}}/index.json",   # the gathered `longtail ucm` folder
-        more_trees=expand("{d}/{{split}}", d=AF["ucm"]["more_tree_dirs"]),
+        more_trees=expand("{d}/{{split}}/index.json", d=AF["ucm"]["more_tree_dirs"]),   # e.g. an edge variant's
     output:
         **proposal_shard("ucm"),
     params:

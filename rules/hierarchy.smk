@@ -28,6 +28,12 @@ def hierarchy_set(stage, imgset="{imgset}"):
     return f"{HIER}/{stage}/{imgset}/index.json"
 
 
+def shard_folders(folder):
+    """Input function of a gather: the N shard folders (scattergather `hierarchy`) of the edges / ucm folder
+    ``folder`` (a pattern over the job's wildcards)."""
+    return lambda wc: gather.hierarchy(folder.format(**dict(wc.items())) + "/shards/{scatteritem}")
+
+
 rule hierarchy_edges:
     input:
         source=lambda wc: HIER_SOURCES[wc.imgset],
@@ -36,6 +42,7 @@ rule hierarchy_edges:
     params:
         reads=config_keys("hierarchy"),
         out_dir=f"{HIER}/edges/{{imgset}}",
+        sets="",  # the edge variants' --set overrides (rule hierarchy_edges_variant)
     threads: 2
     resources:
         mem_mb=6000,
@@ -46,12 +53,13 @@ rule hierarchy_edges:
     log:
         "results/logs/hierarchy_edges_{imgset}_{scatteritem}.log",
     shell:
-        "longtail edges --source {input.source} --out-dir {params.out_dir} --shard {wildcards.scatteritem} 2> {log}"
+        "longtail edges --source {input.source} --out-dir {params.out_dir} --shard {wildcards.scatteritem}"
+        "{params.sets} 2> {log}"
 
 
 rule gather_hierarchy_edges:
     input:
-        shards=lambda wc: gather.hierarchy(f"{HIER}/edges/{wc.imgset}/shards/{{scatteritem}}"),
+        shards=shard_folders(f"{HIER}/edges/{{imgset}}"),
     output:
         index=hierarchy_set("edges"),
         metrics=f"{HIER}/metrics/edges_{{imgset}}.json",
@@ -92,7 +100,7 @@ rule hierarchy_ucm:
 
 rule gather_hierarchy_ucm:
     input:
-        shards=lambda wc: gather.hierarchy(f"{HIER}/ucm/{wc.imgset}/shards/{{scatteritem}}"),
+        shards=shard_folders(f"{HIER}/ucm/{{imgset}}"),
     output:
         index=hierarchy_set("ucm"),
         metrics=f"{HIER}/metrics/ucm_{{imgset}}.json",
@@ -113,57 +121,73 @@ rule gather_hierarchy_ucm:
         "2> {log}"
 
 
+# Edge variants (hierarchy.edge_variants, e.g. workflow/experiments/ucm_two_scales.yaml): HED with some
+# hierarchy.edges overrides (--set) -> OWT-UCM, in <HIER>/variants/<name>/{edges,ucm}/<set>/, over the same image
+# sets as the main stage and sharded the same way: the four rules above with the variant's folders (N shard jobs,
+# scattergather `hierarchy`, + the gathers; a consumer takes <HIER>/variants/<name>/ucm/<set>/index.json).
 HIER_VARIANTS = config["hierarchy"]["edge_variants"]
+HIER_VAR = f"{HIER}/variants/{{variant}}"
 
 
 def _variant_sets(wc):
-    """--set hierarchy.edges.<key>=<value> for every override of the edge variant."""
+    """The edge variant's overrides: ' --set hierarchy.edges.<key>=<value>' each (appended to the edges command)."""
     import json
 
-    return " ".join(f"--set 'hierarchy.edges.{k}={json.dumps(v)}'" for k, v in HIER_VARIANTS[wc.variant].items())
+    return "".join(f" --set 'hierarchy.edges.{k}={json.dumps(v)}'" for k, v in HIER_VARIANTS[wc.variant].items())
 
 
-rule hierarchy_edges_variant:
-    input:
-        source=lambda wc: HIER_SOURCES[wc.imgset],
+use rule hierarchy_edges as hierarchy_edges_variant with:
     output:
-        edges=directory(f"{HIER}/variants/{{variant}}/edges/{{imgset}}"),
-        metrics=f"{HIER}/variants/{{variant}}/metrics/edges_{{imgset}}.json",
+        shard=directory(f"{HIER_VAR}/edges/{{imgset}}/shards/{{scatteritem}}"),
     params:
         reads=config_keys("hierarchy"),
+        out_dir=f"{HIER_VAR}/edges/{{imgset}}",
         sets=_variant_sets,
-    threads: 2
     resources:
         mem_mb=6000,
         runtime=120,
         gpu=config["hierarchy"]["gpu"],
-    conda:
-        "../envs/hierarchy.yaml"
     log:
-        "results/logs/hierarchy_edges_{variant}_{imgset}.log",
-    shell:
-        "longtail edges --source {input.source} --out-dir {output.edges} --metrics {output.metrics} {params.sets} "
-        "2> {log}"
+        "results/logs/hierarchy_edges_{variant}_{imgset}_{scatteritem}.log",
 
 
-rule hierarchy_ucm_variant:
+use rule gather_hierarchy_edges as gather_hierarchy_edges_variant with:
     input:
-        edges=rules.hierarchy_edges_variant.output.edges,
+        shards=shard_folders(f"{HIER_VAR}/edges/{{imgset}}"),
     output:
-        trees=directory(f"{HIER}/variants/{{variant}}/ucm/{{imgset}}"),
-        metrics=f"{HIER}/variants/{{variant}}/metrics/ucm_{{imgset}}.json",
+        index=f"{HIER_VAR}/edges/{{imgset}}/index.json",
+        metrics=f"{HIER_VAR}/metrics/edges_{{imgset}}.json",
+    params:
+        reads=config_keys("hierarchy.shards"),
+        out_dir=f"{HIER_VAR}/edges/{{imgset}}",
+    log:
+        "results/logs/gather_hierarchy_edges_{variant}_{imgset}.log",
+
+
+use rule hierarchy_ucm as hierarchy_ucm_variant with:
+    input:
+        edges=rules.gather_hierarchy_edges_variant.output.index,
+    output:
+        shard=directory(f"{HIER_VAR}/ucm/{{imgset}}/shards/{{scatteritem}}"),
     params:
         reads=config_keys("hierarchy"),
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        "../envs/hierarchy.yaml"
+        out_dir=f"{HIER_VAR}/ucm/{{imgset}}",
     log:
-        "results/logs/hierarchy_ucm_{variant}_{imgset}.log",
-    shell:
-        "longtail ucm --edges {input.edges} --out-dir {output.trees} --metrics {output.metrics} 2> {log}"
+        "results/logs/hierarchy_ucm_{variant}_{imgset}_{scatteritem}.log",
+
+
+use rule gather_hierarchy_ucm as gather_hierarchy_ucm_variant with:
+    input:
+        shards=shard_folders(f"{HIER_VAR}/ucm/{{imgset}}"),
+    output:
+        index=f"{HIER_VAR}/ucm/{{imgset}}/index.json",
+        metrics=f"{HIER_VAR}/metrics/ucm_{{imgset}}.json",
+        figure=f"{HIER_VAR}/figures/hierarchy_{{imgset}}.png",
+    params:
+        reads=config_keys("hierarchy.shards", "hierarchy.figures"),
+        out_dir=f"{HIER_VAR}/ucm/{{imgset}}",
+    log:
+        "results/logs/gather_hierarchy_ucm_{variant}_{imgset}.log",
 
 
 rule hierarchy_bsds:

@@ -138,11 +138,12 @@ def test_configfile_overlay_reaches_the_cli(tmp_path):
     assert m["num_base_categories"] == 2 and m["num_novel_categories"] == 78
 
 
-def _dry_run_experiment(profile: str, target: str, experiment: str) -> tuple[str, dict]:
-    """`snakemake -n --forceall` of ``target`` with an experiment file: (output, job counts per rule)."""
+def _dry_run_experiment(profile: str, target: str, experiment: str, *extra: str) -> tuple[str, dict]:
+    """`snakemake -n --forceall` of ``target`` with an experiment file (+ ``extra`` options, each one argument such
+    as ``--set-scatter=hierarchy=2``): (output, job counts per rule)."""
     env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    r = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "--profile", f"workflow/profiles/{profile}", target,
-                        "--configfile", f"workflow/experiments/{experiment}"], cwd=REPO, env=env,
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "--profile", f"workflow/profiles/{profile}", *extra,
+                        target, "--configfile", f"workflow/experiments/{experiment}"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -170,11 +171,21 @@ def test_coco_lvis_experiment_plans_on_slurm():
 
 
 def test_ucm_two_scales_experiment_plans_both_tree_families():
-    """Edge variant hed_x2 -> its own trees -> pooled into propose ucm, with the overrides on the command line."""
-    out, counts = _dry_run_experiment("local", "results/proposals/ucm/metrics_val.json", "ucm_two_scales.yaml")
-    assert counts["hierarchy_edges"] == "1" and counts["hierarchy_ucm"] == "1" and counts["propose_ucm"] == "1"
-    assert counts["hierarchy_edges_variant"] == "1" and counts["hierarchy_ucm_variant"] == "1"
-    assert "--set 'hierarchy.edges.scales=[2.0]'" in out and "results/hierarchy/variants/hed_x2/edges/val" in out
+    """Edge variant hed_x2 -> its own trees, sharded as the main trees (N shard jobs + a gather per stage) -> pooled
+    into propose ucm, with the overrides on the command line."""
+    out, counts = _dry_run_experiment("local", "results/proposals/ucm/metrics_val.json", "ucm_two_scales.yaml",
+                                      "--set-scatter=hierarchy=2")
+    assert counts["hierarchy_edges"] == "2" and counts["hierarchy_ucm"] == "2" and counts["propose_ucm"] == "1"
+    assert counts["hierarchy_edges_variant"] == "2" and counts["hierarchy_ucm_variant"] == "2"
+    assert counts["gather_hierarchy_edges_variant"] == "1" and counts["gather_hierarchy_ucm_variant"] == "1"
+    for i in (1, 2):
+        assert (f"longtail edges --source results/data/val.json --out-dir results/hierarchy/variants/hed_x2/edges/val "
+                f"--shard {i}-of-2 --set 'hierarchy.edges.scales=[2.0]'") in out
+        assert (f"longtail ucm --edges results/hierarchy/variants/hed_x2/edges/val/index.json "
+                f"--out-dir results/hierarchy/variants/hed_x2/ucm/val --shard {i}-of-2") in out
+    # propose ucm takes the gathered variant trees
+    block = out[out.index("rule propose_ucm:"):]
+    assert "results/hierarchy/variants/hed_x2/ucm/val/index.json" in block[:block.index("Shell command")]
 
 
 def test_ucm_multiscale_experiment_plans_multiscale_trees():
