@@ -219,36 +219,60 @@ class _EvalImgs:
         return self.entries.get(i)
 
 
-class CocoChunks:
+class _Chunks:
+    """What :class:`CocoChunks` and :class:`LvisChunks` share: the evaluated images in ascending id, chunks of
+    them as consecutive runs, the ground truth by image, the merged per-image results."""
+
+    def _start(self, gt: dict, img_ids: Iterable[int], keys: dict[str, str]) -> None:
+        self.img_ids = sorted({int(i) for i in img_ids})
+        self._pos = {i: n for n, i in enumerate(self.img_ids)}
+        self.gt, self.by_img = gt, gt_by_image(gt)
+        self.n_dets, self._ev, self._next = 0, None, 0
+        self.merged = _EvalImgs(keys, len(self.img_ids))
+
+    def _chunk(self, img_ids: Iterable[int]) -> list[int]:
+        """The evaluated images of ``img_ids``, checked to be the next run of them."""
+        ids = sorted(i for i in {int(i) for i in img_ids} if i in self._pos)
+        if ids and (self._pos[ids[0]] != self._next or self._pos[ids[-1]] != self._next + len(ids) - 1):
+            raise LongtailError(f"{type(self).__name__}.add: chunks must be consecutive runs of the image ids, "
+                                f"in order")
+        return ids
+
+    def _merge(self, ev, eval_imgs: Sequence[dict | None], n: int) -> None:
+        self.merged.add(eval_imgs, self._next, n)
+        self._next += n
+        self._ev = ev
+
+    def _check_complete(self) -> None:
+        if self._next != len(self.img_ids):
+            raise LongtailError(f"{type(self).__name__}: {self._next} of the {len(self.img_ids)} evaluated images "
+                                f"were added; add every chunk before the result")
+
+
+class CocoChunks(_Chunks):
     """Segm AP (pycocotools) on ``cat_ids`` x ``img_ids``, evaluated chunk by chunk of images (:meth:`add`) and
     accumulated once (:meth:`result`): the same numbers as one ``COCOeval`` over every image (the per-image
     results are independent; ``accumulate`` reads them in image order). Categories without GT in ``img_ids``
     are ignored; chunks must come in ascending image id."""
 
     def __init__(self, gt: dict, cat_ids: Iterable[int], img_ids: Iterable[int], max_dets: int = 100):
-        self.img_ids = sorted({int(i) for i in img_ids})
-        self._pos = {i: n for n, i in enumerate(self.img_ids)}
-        img_set = set(self.img_ids)
-        gt_ids = {a["category_id"] for a in gt["annotations"] if a["image_id"] in img_set}
+        self._start(gt, img_ids, {"scores": "dtScores", "matches": "dtMatches", "dt_ignore": "dtIgnore",
+                                  "gt_ignore": "gtIgnore"})
+        gt_ids = {a["category_id"] for a in gt["annotations"] if a["image_id"] in self._pos}
         self.cats = [c for c in sorted({int(c) for c in cat_ids}) if c in gt_ids]
         if not self.cats:
             raise LongtailError("evaluation: none of the evaluated categories has a ground-truth instance in the "
                                 "evaluated images; choose other categories (discovery.eval_categories) or images")
-        self.gt, self.by_img, self.max_dets = gt, gt_by_image(gt), max_dets
-        self.n_dets, self._ev, self._next = 0, None, 0
-        self.merged = _EvalImgs({"scores": "dtScores", "matches": "dtMatches", "dt_ignore": "dtIgnore",
-                                 "gt_ignore": "gtIgnore"}, len(self.img_ids))
+        self.max_dets = max_dets
 
     def add(self, img_ids: Iterable[int], dets: Sequence[dict]) -> None:
         """Evaluate the images ``img_ids`` (those of the evaluated ones) with their detections ``dets``."""
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        ids = sorted(i for i in {int(i) for i in img_ids} if i in self._pos)
+        ids = self._chunk(img_ids)
         if not ids:
             return
-        if self._pos[ids[0]] != self._next or self._pos[ids[-1]] != self._next + len(ids) - 1:
-            raise LongtailError("CocoChunks.add: chunks must be consecutive runs of the image ids, in order")
         cats, keep = set(self.cats), set(ids)
         dets = [dict(d) for d in dets if d["category_id"] in cats and d["image_id"] in keep]
         self.n_dets += len(dets)
@@ -270,15 +294,11 @@ class CocoChunks:
             ev.params.imgIds = ids
             ev.params.maxDets = [1, 10, self.max_dets]
             ev.evaluate()
-        self.merged.add(ev.evalImgs, self._next, len(ids))
-        self._next += len(ids)
+        self._merge(ev, ev.evalImgs, len(ids))
         ev.evalImgs, ev.ious, ev._gts, ev._dts = [], {}, None, None
-        self._ev = ev
 
     def result(self) -> dict:
-        if self._next != len(self.img_ids):
-            raise LongtailError(f"CocoChunks: {self._next} of the {len(self.img_ids)} evaluated images were "
-                                f"added; add every chunk before the result")
+        self._check_complete()
         if not self.n_dets:
             return {**{k: 0.0 for k in COCO_KEYS}, "categories_evaluated": len(self.cats), "detections": 0}
         ev = self._ev
@@ -333,7 +353,7 @@ def is_lvis(gt: dict) -> bool:
             and all("neg_category_ids" in im and "not_exhaustive_category_ids" in im for im in gt["images"]))
 
 
-class LvisChunks:
+class LvisChunks(_Chunks):
     """LVIS segm AP (the ``lvis`` API) incl. APr/APc/APf, restricted to ``img_ids`` if given, evaluated chunk by
     chunk of images (:meth:`add`, ascending image id) and accumulated once (:meth:`result`): the same numbers as
     one ``LVISEval`` over every image (per-image results, the at most ``max_dets`` detections an image, the
@@ -359,8 +379,9 @@ class LvisChunks:
                                     "set discovery.lvis_json to the LVIS file of these images (or null)")
             gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
                   "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
-        self.img_ids = sorted(im["id"] for im in gt["images"])
-        self._pos = {i: n for n, i in enumerate(self.img_ids)}
+        self._start(gt, (im["id"] for im in gt["images"]), {
+            "scores": "dt_scores", "matches": "dt_matches", "dt_ignore": "dt_ignore", "gt_ignore": "gt_ignore",
+            "ids": "dt_ids"})
         all_cats = {c["id"] for c in gt["categories"]}
         groups = {None: all_cats if cat_ids is None else cat_ids, **(subsets or {})}
         self.groups = {name: sorted({int(c) for c in ids} & all_cats) for name, ids in groups.items()}
@@ -371,20 +392,15 @@ class LvisChunks:
                                     f"of --gt")
         self.cats = sorted(set().union(*self.groups.values()))
         self.with_gt = {a["category_id"] for a in gt["annotations"]}
-        self.gt, self.by_img, self.max_dets = gt, gt_by_image(gt), max_dets
-        self.n_dets, self._ev, self._next = 0, None, 0
-        self.merged = _EvalImgs({"scores": "dt_scores", "matches": "dt_matches", "dt_ignore": "dt_ignore",
-                                 "gt_ignore": "gt_ignore", "ids": "dt_ids"}, len(self.img_ids))
+        self.max_dets = max_dets
 
     def add(self, img_ids: Iterable[int], dets: Sequence[dict]) -> None:
         """Evaluate the images ``img_ids`` (those of the LVIS ground truth) with their detections ``dets``."""
         from lvis import LVISEval, LVISResults
 
-        ids = sorted(i for i in {int(i) for i in img_ids} if i in self._pos)
+        ids = self._chunk(img_ids)
         if not ids:
             return
-        if self._pos[ids[0]] != self._next or self._pos[ids[-1]] != self._next + len(ids) - 1:
-            raise LongtailError("LvisChunks.add: chunks must be consecutive runs of the image ids, in order")
         keep = set(ids)
         dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets if d["image_id"] in keep]
         for d in dets:  # LVISResults computes area from bytes RLE
@@ -402,15 +418,11 @@ class LvisChunks:
             ev = LVISEval(lg, res, "segm")
             ev.params.cat_ids = self.cats
             ev.evaluate()
-        self.merged.add(ev.eval_imgs, self._next, len(ids))
-        self._next += len(ids)
+        self._merge(ev, ev.eval_imgs, len(ids))
         ev.eval_imgs, ev.ious, ev._gts, ev._dts = [], {}, None, None
-        self._ev = ev
 
     def result(self) -> dict:
-        if self._next != len(self.img_ids):
-            raise LongtailError(f"LvisChunks: {self._next} of the {len(self.img_ids)} evaluated images were "
-                                f"added; add every chunk before the result")
+        self._check_complete()
 
         def counts(ids):
             return {"detections": self.n_dets, "images": len(self.img_ids),
