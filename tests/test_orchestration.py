@@ -84,6 +84,15 @@ def test_every_dvc_stage_tracks_code_and_params(both):
         assert st["params"], f"{st['name']} declares no params"
 
 
+def test_cli_parser_imports_neither_torch_nor_sklearn():
+    """`longtail <verb>` builds the parser of every stage before running one verb: that must not import torch or
+    scikit-learn (~4 s of CPU at each job start; `make run` starts 52 jobs, most of which need neither)."""
+    code = ("import sys; from longtail.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'mmdet', 'mmengine', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
 def rule_reads() -> dict[str, set[str] | None]:
     """``params: reads=config_keys(...)`` of every rule of rules/*.smk (None: the rule declares none)."""
     import ast
