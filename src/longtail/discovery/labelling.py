@@ -228,8 +228,9 @@ def _evaluate_chunks(emb: dict, labels: np.ndarray, k: int, src: ProposalSource,
                             "set discovery.lvis_json: null")
     split = cfg["eval_categories"]
     eval_cats = [c for c in gt_cats if split == "all" or gt_cats[c].get("split") == split]
-    present = {a["category_id"] for a in gt["annotations"] if a["image_id"] in set(img_ids)}
-    no_anchor = sorted(c for c in eval_cats if c in present and c not in set(Acat.tolist()))
+    img_set, anchored = set(img_ids), set(Acat.tolist())      # once: not per annotation (quadratic at scale)
+    present = {a["category_id"] for a in gt["annotations"] if a["image_id"] in img_set}
+    no_anchor = sorted(c for c in eval_cats if c in present and c not in anchored)
     if no_anchor and cfg["on_missing_anchor"] == "fail":
         raise LongtailError(f"categories {no_anchor} have ground truth but no anchor embedding, so no cluster "
                             f"can take their label; embed anchors for them or set "
