@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--configs", nargs="+", required=True, help="JSON objects of embedding overrides + name")
     ap.add_argument("--eval-split", default="train", choices=["train", "val"])
     ap.add_argument("--out", default=None, help="append the rows (JSON lines) here")
+    ap.add_argument("--ap-by-k", action="store_true", help="also the novel AP at every k of discovery.k_grid")
     a = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -67,9 +68,8 @@ def main():
     res = Path(a.results)
     gt_train = json.loads((res / "data" / "train.json").read_text())
     gt_eval = gt_train if a.eval_split == "train" else json.loads((res / "data" / "val.json").read_text())
-    anns, _ = select_anchors(gt_train, base["anchors_per_category"], seed, base["anchor_min_area"])
-    arecs = anchor_records(gt_train, anns)
     train_set: dict = {}
+    anchor_set: dict = {}
     caches: dict = {}
     for spec in a.configs:
         over = json.loads(spec)
@@ -87,10 +87,16 @@ def main():
                 vc, valid = crops_for_records([vrecs[i] for i in vsel], vimages, S, kinds=("fg",), progress=False)
                 vsel = vsel[valid]
                 ev = (vrecs, vsel, vc[valid][:, 0], vimages)
+            train_set[S] = (ts, ev)
+        ts, (erecs, esel, ecrops, eimages) = train_set[S]
+        akey = (S, int(cfg["anchors_per_category"]), float(cfg["anchor_min_area"]))
+        if akey not in anchor_set:
+            anns, _ = select_anchors(gt_train, akey[1], seed, akey[2])
+            arecs = anchor_records(gt_train, anns)
             ac, _ = crops_for_records(arecs, {int(im["id"]): im for im in gt_train["images"]}, S, kinds=("fg",),
                                       progress=False)
-            train_set[S] = (ts, ev, ac[:, 0])
-        ts, (erecs, esel, ecrops, eimages), acrops = train_set[S]
+            anchor_set[akey] = (arecs, ac[:, 0])
+        arecs, acrops = anchor_set[akey]
         torch.manual_seed(seed)
         model = build_model(cfg)
         model._feature_cache = caches.setdefault((str(cfg["backbone"]), S), {})
@@ -118,10 +124,17 @@ def main():
         m, _, _ = evaluate_clusters(emb, np.asarray(km.labels_, np.int64), k, erecs, gt_eval, dcfg, img_ids, seed,
                                     grid=elbow["labels"])
         by_k = {r["k"]: r for r in m["purity_by_k"]}
+        ap_by_k = {}
+        if a.ap_by_k:   # the same clusterings of the elbow grid, labelled and scored (no random baseline)
+            for kk, lab in elbow["labels"].items():
+                mk, _, _ = evaluate_clusters(emb, np.asarray(lab, np.int64), kk, erecs, gt_eval,
+                                             {**dcfg, "baseline_seeds": 0}, img_ids, seed)
+                ap_by_k[kk] = round(mk["novel"]["AP"], 4)
         row = {"name": name, "split": a.eval_split, "overrides": over, "k": k, "purity": m["purity"]["purity"],
                "random": m["baseline_random"]["purity"], "ratio": m["purity_ratio_vs_random"],
                "novel_AP": m["novel"]["AP"], "novel_AP50": m["novel"]["AP50"],
                "ratio_by_k": {kk: round(r["purity_ratio_vs_random"], 3) for kk, r in by_k.items()},
+               **({"novel_AP_by_k": ap_by_k} if ap_by_k else {}),
                "norm_median": float(np.median(np.linalg.norm(Z, axis=1))),
                "seconds_train": round(t_train, 1), "seconds_total": round(time.time() - t0, 1),
                **{k2: v for k2, v in info.items() if k2.startswith(("last_epoch_loss_total", "head_init"))}}
