@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import io
@@ -186,37 +187,62 @@ def gt_subset(gt: dict, by_img: dict[int, list[dict]], img_ids: Iterable[int]) -
 class _EvalImgs:
     """The per (category, area range, image) results of pycocotools' / lvis' ``evaluate`` over every chunk of
     images, for one ``accumulate``: read as their flat list (category-major, then area, then image; None where
-    an image has neither GT nor detections of a category), stored sparse and lean.
+    an image has neither GT nor detections of a category), stored compact.
 
-    Lean = only what ``accumulate`` reads (scores, the matched flag per IoU threshold as bool instead of the
-    matched id, ignore flags): per (image, category) with detections, 8 + 2 x 10 bytes a detection and range
-    plus ~0.6 KB of arrays. ``accumulate`` only tests the matched id against 0, so AP is the same to the bit.
+    Compact = only what ``accumulate`` reads (scores, the matched flag per IoU threshold as bool instead of the
+    matched id, ignore flags; LVIS: the detection ids), each chunk's entries concatenated into one array per
+    field, an entry being its slices (made when ``accumulate`` reads it). Memory: 8 + 2 x 10 bytes a detection
+    and area range (+ 8 for LVIS ids), 1 byte a GT and range, 32 bytes an (image, category, range) with GT or
+    detections. ``accumulate`` only tests the matched id against 0, so AP is the same to the bit.
     """
 
     def __init__(self, keys: dict[str, str], n_imgs: int):
         self.keys, self.n_imgs, self.size = keys, n_imgs, 0
-        self.entries: dict[int, dict] = {}
+        self._firsts: list[int] = []          # per chunk: its first image's position
+        self._chunks: list[tuple] = []        # per chunk: (flat indices, detection offsets, GT offsets, arrays)
 
     def add(self, chunk: Sequence[dict | None], first: int, n: int) -> None:
         """One chunk's ``evalImgs`` (over its ``n`` images, the ``first``-th.. of all) merged in."""
         self.size = len(chunk) // n * self.n_imgs
+        k = self.keys
+        flat, es = [], []
         for j, e in enumerate(chunk):
-            if e is None:
-                continue
-            ka, i = divmod(j, n)
-            k = self.keys
-            self.entries[ka * self.n_imgs + first + i] = {
-                k["scores"]: np.asarray(e[k["scores"]], np.float64),
-                k["matches"]: np.asarray(e[k["matches"]]) != 0,
-                k["dt_ignore"]: np.asarray(e[k["dt_ignore"]], bool),
-                k["gt_ignore"]: np.asarray(e[k["gt_ignore"]]).astype(bool),
-                **({k["ids"]: np.asarray(e[k["ids"]], np.int64)} if "ids" in k else {})}
+            if e is not None:
+                ka, i = divmod(j, n)
+                flat.append(ka * self.n_imgs + first + i)      # ascending: j is
+                es.append(e)
+        if not es:
+            return
+        t = np.asarray(es[0][k["matches"]]).shape[0]
+        d = np.cumsum([0] + [len(e[k["scores"]]) for e in es])
+        g = np.cumsum([0] + [len(e[k["gt_ignore"]]) for e in es])
+        arrays = {k["scores"]: np.concatenate([np.asarray(e[k["scores"]], np.float64).reshape(-1) for e in es]),
+                  k["matches"]: np.concatenate([np.asarray(e[k["matches"]]).reshape(t, -1) != 0 for e in es], 1),
+                  k["dt_ignore"]: np.concatenate([np.asarray(e[k["dt_ignore"]], bool).reshape(t, -1) for e in es], 1),
+                  k["gt_ignore"]: np.concatenate([np.asarray(e[k["gt_ignore"]]).astype(bool).reshape(-1)
+                                                  for e in es])}
+        if "ids" in k:
+            arrays[k["ids"]] = np.concatenate([np.asarray(e[k["ids"]], np.int64).reshape(-1) for e in es])
+        self._firsts.append(first)
+        self._chunks.append((np.asarray(flat, np.int64), d, g, arrays))
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int):
-        return self.entries.get(i)
+        c = bisect.bisect_right(self._firsts, i % self.n_imgs) - 1
+        if c < 0:
+            return None
+        flat, d, g, arrays = self._chunks[c]
+        j = int(np.searchsorted(flat, i))
+        if j == len(flat) or flat[j] != i:
+            return None
+        k = self.keys
+        out = {name: arrays[name][..., d[j]:d[j + 1]] for name in (k["scores"], k["matches"], k["dt_ignore"])}
+        out[k["gt_ignore"]] = arrays[k["gt_ignore"]][g[j]:g[j + 1]]
+        if "ids" in k:
+            out[k["ids"]] = arrays[k["ids"]][d[j]:d[j + 1]]
+        return out
 
 
 class _Chunks:
