@@ -19,6 +19,7 @@ rule propose_ucm:
         out_dir=f"{PROP}/ucm/{{split}}",
         # the verb's NMS + top-K, the method's section
         reads=config_keys("proposals.nms_iou", "annotation_free.topk", "annotation_free.ucm"),
+    priority: PRIORITY["chain"]
     threads: 1
     resources:
         mem_mb=4000,

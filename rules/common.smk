@@ -81,6 +81,16 @@ if os.environ.get("SLURM_JOB_ID"):
         _signal.signal(_signal.SIGUSR1, _signal.SIG_IGN)
 
 
+# Order of the ready jobs on a few cores (make run: 2), as `priority:` of the rules (Snakemake starts the highest
+# first): the chain that unlocks most of the remaining work (prepare -> edges -> ucm trees -> gt / ucm proposals,
+# their gathers) first, then the embedding trainings, then embed / cluster / evaluate and the proposal network;
+# what nothing waits for (hierarchy_bsds, train_pixel_embedding, eval_proposals, error_analysis, report) fills the
+# cores in between (priority 0). Without it the order of equal-priority jobs is arbitrary: the 2026-12-02 02:34 make
+# run started the val edges -> ucm -> ucm proposals chain after train_pixel_embedding and ran its last ~100 s on
+# mostly one core.
+PRIORITY = {"chain": 3, "train": 2, "then": 1}
+
+
 def final_targets():
     """What `rule all` builds: the report when the stages it needs exist, else the last stage present."""
     targets = [f"{DATA}/metrics.json"]

@@ -13,6 +13,7 @@ rule prepare:
     params:
         reads=config_keys("data"),
         out_dir=DATA,
+    priority: PRIORITY["chain"]
     threads: 1
     resources:
         mem_mb=4000,

@@ -24,6 +24,7 @@ rule cluster:
     params:
         reads=config_keys("seed", "discovery"),
         out_dir=f"{DISC_DIR}/{{method}}/{{variant}}",
+    priority: PRIORITY["then"]
     threads: 1
     resources:
         mem_mb=4000,
@@ -53,6 +54,7 @@ rule evaluate:
     params:
         reads=config_keys("seed", "discovery"),
         out_dir=f"{DISC_DIR}/{{method}}/{{variant}}",
+    priority: PRIORITY["then"]
     threads: 1
     resources:
         mem_mb=4000,

@@ -24,6 +24,7 @@ rule train_embedding:
         reads=config_keys("seed", "embedding"),
         out_dir=f"{EMB_DIR}/{{method}}/{{variant}}",
         launch=longtail_launch,  # gpu > 1 (slurm profile): torchrun, DDP over the job's GPUs
+    priority: PRIORITY["train"]
     threads: 1 + EMB["num_workers"]       # the main process + its DataLoader workers
     resources:
         mem_mb=6000,
@@ -57,6 +58,7 @@ rule embed:
     params:
         reads=config_keys("embedding"),
         out=f"{EMB_DIR}/{{method}}/{{variant}}/embeddings.npz",   # gather_embeddings' output; shards next to it
+    priority: PRIORITY["then"]
     threads: 1 + EMB["num_workers"]       # the main process + its DataLoader workers
     resources:
         mem_mb=6000,
@@ -85,6 +87,7 @@ rule gather_embeddings:
         variant=EMB_VARIANT,
     params:
         reads=config_keys("seed", "embedding"),
+    priority: PRIORITY["then"]
     threads: 1
     resources:
         mem_mb=6000,

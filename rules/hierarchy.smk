@@ -43,6 +43,7 @@ rule hierarchy_edges:
         reads=config_keys("hierarchy"),
         out_dir=f"{HIER}/edges/{{imgset}}",
         sets="",  # the edge variants' --set overrides (rule hierarchy_edges_variant)
+    priority: PRIORITY["chain"]
     threads: 2
     resources:
         mem_mb=6000,
@@ -66,6 +67,7 @@ rule gather_hierarchy_edges:
     params:
         reads=config_keys("hierarchy.shards"),
         out_dir=f"{HIER}/edges/{{imgset}}",
+    priority: PRIORITY["chain"]
     threads: 1
     resources:
         mem_mb=2000,
@@ -86,6 +88,7 @@ rule hierarchy_ucm:
     params:
         reads=config_keys("hierarchy"),
         out_dir=f"{HIER}/ucm/{{imgset}}",
+    priority: PRIORITY["chain"]
     threads: 1
     resources:
         mem_mb=4000,
@@ -108,6 +111,7 @@ rule gather_hierarchy_ucm:
     params:
         reads=config_keys("hierarchy.shards", "hierarchy.figures"),
         out_dir=f"{HIER}/ucm/{{imgset}}",
+    priority: PRIORITY["chain"]
     threads: 1
     resources:
         mem_mb=2000,

@@ -36,6 +36,7 @@ rule propose_gt:
     params:
         reads=config_keys("proposals"),
         out_dir=f"{PROP}/gt/{{split}}",
+    priority: PRIORITY["chain"]
     threads: 1
     resources:
         mem_mb=4000,
@@ -60,6 +61,7 @@ rule gather_proposals:
     params:
         reads=config_keys("proposals.shards"),
         out_dir=f"{PROP}/{{method}}/{{split}}",
+    priority: PRIORITY["chain"]
     threads: 1
     resources:
         mem_mb=2000,
@@ -85,6 +87,7 @@ rule train_proposals:
         reads=config_keys("seed", "proposals"),
         work_dir=f"{PROP}/models/{{model}}",
         launch=longtail_launch,
+    priority: PRIORITY["then"]
     threads: 2
     resources:
         mem_mb=12000,
@@ -113,6 +116,7 @@ rule propose:
         reads=config_keys("proposals"),
         model_dir=f"{PROP}/models/{{method}}",  # the train_proposals work dir of input.model / input.config
         out_dir=f"{PROP}/{{method}}/{{split}}",
+    priority: PRIORITY["then"]
     threads: 2
     resources:
         mem_mb=8000,
