@@ -15,7 +15,7 @@ import pytest
 from longtail import REPO_ROOT
 from longtail.common.masks import decode_mask, encode_mask, to_rle
 from longtail.discovery import evaluate as E
-from longtail.discovery.labelling import evaluate_clusters
+from longtail.discovery.labelling import evaluate_clusters, read_gt
 from longtail.proposals.format import make_record, read_proposals, write_proposals
 
 LVIS = REPO_ROOT / "data" / "lvis" / "lvis_val_100.json"
@@ -63,8 +63,10 @@ def run(case, params, chunk, path=True):
     img_ids = [im["id"] for im in index["images"]]
     lvis, synsets = load_lvis(cfg, img_ids)
     assert lvis is not None
-    m, dets, cl = evaluate_clusters(emb, labels, k, out if path else recs, json.loads(json.dumps(gt)), cfg,
-                                    img_ids, 0, lvis, synsets, index=index if path else None)
+    # the chunked run reads the GT as `longtail evaluate` does (polygons as float64 arrays), the other as lists
+    g = read_gt(gt_path) if path else json.loads(json.dumps(gt))
+    m, dets, cl = evaluate_clusters(emb, labels, k, out if path else recs, g, cfg, img_ids, 0, lvis, synsets,
+                                    index=index if path else None)
     return m, dets, cl, lvis, synsets
 
 
@@ -105,6 +107,7 @@ def test_chunked_equals_one_evaluation(case, params):
     from lvis import LVISEval, LVISResults
 
     to_lvis = E.coco_to_lvis_ids(gt, lvis, synsets)
+    lvis = json.loads(LVIS.read_text())              # as lists (the evaluation read polygons as arrays)
     keep = {im["id"] for im in lvis["images"]} & set(img_ids)
     lg = {**lvis, "images": [im for im in lvis["images"] if im["id"] in keep],
           "annotations": [dict(a) for a in lvis["annotations"] if a["image_id"] in keep]}

@@ -72,15 +72,17 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Pat
     return Path(path)
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file", hint: str | None = None) -> Any:
-    """Read JSON with an error that names the file and says what to do (``hint``)."""
+def read_json(path: str | os.PathLike, what: str = "JSON file", hint: str | None = None,
+              object_hook=None) -> Any:
+    """Read JSON with an error that names the file and says what to do (``hint``); ``object_hook`` as
+    ``json.load``'s."""
     path = Path(path)
     if not path.exists():
         raise LongtailError(f"{what} not found: {path}. " + (hint or "Run the stage that produces it first "
                                                              "(see the README's stage map) or fix the path."))
     try:
         with open(path) as f:
-            return json.load(f)
+            return json.load(f, object_hook=object_hook)
     except json.JSONDecodeError as e:
         raise LongtailError(f"{what} {path} is not valid JSON ({e}); "
                             + (hint or "delete it and rerun its stage.")) from e

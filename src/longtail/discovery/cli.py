@@ -78,14 +78,14 @@ def run_evaluate(args, params, cfg, run):
     from longtail.common.runtime import select_device
     from longtail.discovery.clustering import load_clusters
     from longtail.discovery.embeddings import load_embeddings
-    from longtail.discovery.labelling import evaluate_clusters, load_lvis
+    from longtail.discovery.labelling import evaluate_clusters, load_lvis, read_gt
     from longtail.proposals.format import read_index
 
     out = Path(args.out_dir)
     emb = load_embeddings(args.embeddings)
     labels, k, grid = load_clusters(args.clusters, emb, args.embeddings)
     index = read_index(args.proposals)
-    gt = read_json(args.gt, "ground truth")
+    gt = read_gt(args.gt, "ground truth")        # polygons as arrays: the GT is held whole
     img_ids = [im["id"] for im in index["images"]]
     no_props = [im["id"] for im in index["images"] if im.get("num_proposals", 1) == 0]
     lvis, synsets = load_lvis(cfg, img_ids)
