@@ -35,13 +35,15 @@ SHARDS = 2
 PROCS = 2
 # |sharded DDP - reference| allowed for numbers a DDP training changes, absolute (metrics in [0, 1] or losses)
 # (relative to max(1, |reference|)) and which leaves they apply to. Losses: rank 0 logs the loss of its half of the
-# batch; AR/AP: the DDP model gives other proposals; purity/AP of the clusters: k-means on other embeddings.
+# batch; AR/AP: the DDP model gives other proposals; purity/AP of the clusters: k-means on other embeddings, compared
+# at the chosen k only: `purity_by_k` (the elbow grid's smaller k) over the 15 ucm items of 8 images moves in steps
+# of 1/15 (k = 4: 0.333 vs 0.533 in one CI run whose chosen-k purity and AP were within 0.07).
 # bsds: the BSDS benchmark is neither sharded nor DDP-trained, but its boundary matcher (pyEdgeEval's
 # correspondPixels, as the Berkeley code) seeds its outlier edges from the clock: ODS/OIS moved by ~1e-4 and the ucm
 # row's boundary AP by 0.0098 between two runs on the same files; the edges/ucm of the COCO sets gave the same
 # proposals byte for byte.
-TOLERANCES = {"loss": (0.5, r"loss"), "ar_ap": (0.05, r"^(AP|AR)"), "discovery": (0.15, r"^(AP\w*|AR\w*|purity)$"),
-              "bsds": (0.02, r".")}
+TOLERANCES = {"loss": (0.5, r"loss"), "ar_ap": (0.05, r"^(AP|AR)"),
+              "discovery": (0.15, r"^(AP\w*|AR\w*|purity)$", r"^purity_by_k\."), "bsds": (0.02, r".")}
 # keys that measure the run, not the result (time, speed, memory, process layout, paths)
 VOLATILE = re.compile(r"(second|_s$|per_s|time|speed|throughput|rss|mem|duration|world_size|device|path|dir$|"
                       r"file|shards?$|num_shards|host|pid|run_id|start_iter)", re.I)
@@ -124,12 +126,17 @@ def leaves(obj, prefix=""):
     return out
 
 
-def same_numbers(ref: Path, run: Path, rel: str, tol: float = 0.0, keys: str | None = None) -> int:
+def same_numbers(ref: Path, run: Path, rel: str, tol: float = 0.0, keys: str | None = None,
+                 skip: str | None = None) -> int:
     """The numeric leaves of rel in both runs: equal, or (tol > 0) within tol x max(1, |reference|), only the
-    leaves whose last key matches `keys` where given. Returns how many were compared."""
+    leaves whose last key matches `keys` where given, and not those whose path matches `skip`. Returns how many
+    were compared."""
     a, b = leaves(json.loads((ref / rel).read_text())), leaves(json.loads((run / rel).read_text()))
     if keys is not None:
         a = {k: v for k, v in a.items() if re.search(keys, k.rsplit(".", 1)[-1])}
+    if skip is not None:
+        a = {k: v for k, v in a.items() if not re.search(skip, k)}
+    if keys is not None or skip is not None:
         b = {k: v for k, v in b.items() if k in a}
     assert set(a) == set(b), (rel, sorted(set(a) ^ set(b)))
     bad = {k: (a[k], b[k]) for k in a if not (a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k]))
