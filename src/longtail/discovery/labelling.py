@@ -126,46 +126,31 @@ class ProposalSource:
 
 
 class DetectionsWriter:
-    """Detections appended chunk by chunk to a JSON array at ``path`` (renamed into place by :meth:`finish`:
-    a killed run leaves no detections file; the text is what ``write_json(path, dets, indent=None)`` writes);
-    with ``path`` None they are kept in ``detections`` instead."""
+    """Detections appended chunk by chunk to a JSON array in the open file ``path`` (the text is what
+    ``write_json(path, dets, indent=None)`` writes; the caller gives a temporary path of
+    :func:`longtail.common.io.atomic_path`, so a killed run leaves no detections file); with ``path`` None they
+    are kept in ``detections`` instead."""
 
     def __init__(self, path=None):
         import json
-        import tempfile
-        from pathlib import Path
 
-        self.path, self.detections, self._json, self._n = path, [], json, 0
-        if path is not None:
-            path = self.path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-            self._tmp, self._f = Path(tmp), open(fd, "w")
+        self.detections, self._json, self._n = [], json, 0
+        self._f = open(path, "w") if path is not None else None
+        if self._f is not None:
             self._f.write("[")
 
     def add(self, dets: list[dict]) -> None:
-        if self.path is None:
+        if self._f is None:
             self.detections.extend(dets)
             return
         for d in dets:
             self._f.write((", " if self._n else "") + self._json.dumps(d))
             self._n += 1
 
-    def finish(self) -> None:
-        if self.path is not None:
-            import os
-
-            from longtail.common.io import _umask
-
+    def close(self) -> None:
+        if self._f is not None and not self._f.closed:
             self._f.write("]\n")
             self._f.close()
-            os.chmod(self._tmp, 0o666 & ~_umask())
-            os.replace(self._tmp, self.path)
-
-    def discard(self) -> None:
-        if self.path is not None and not self._f.closed:
-            self._f.close()
-            self._tmp.unlink(missing_ok=True)
 
 
 def evaluate_clusters(emb: dict, labels: np.ndarray, k: int, records, gt: dict, cfg: dict,
@@ -182,17 +167,20 @@ def evaluate_clusters(emb: dict, labels: np.ndarray, k: int, records, gt: dict, 
     them), else returned as a list. ``sources``: the input files by name, for the errors of
     :func:`check_inputs`. Memory: one chunk's records and evaluator state, plus the O(N) arrays listed
     in :func:`_evaluate_chunks`."""
+    import contextlib
+
+    from longtail.common.io import atomic_path
+
     src = ProposalSource(records, index)
-    writer = DetectionsWriter(detections_out)
-    try:
-        m, cl_label = _evaluate_all(emb, labels, k, src, gt, cfg, img_ids, seed, lvis, synsets, grid, sources,
-                                    writer)
-        writer.finish()          # last: a run killed before the metrics leaves no detections file either
-    except BaseException:
-        writer.discard()
-        raise
-    finally:
-        src.close()
+    # renamed into place last: a run killed before the metrics leaves no detections file either
+    with atomic_path(detections_out) if detections_out is not None else contextlib.nullcontext() as tmp:
+        writer = DetectionsWriter(tmp)
+        try:
+            m, cl_label = _evaluate_all(emb, labels, k, src, gt, cfg, img_ids, seed, lvis, synsets, grid, sources,
+                                        writer)
+        finally:
+            writer.close()
+            src.close()
     return m, (None if detections_out is not None else writer.detections), cl_label
 
 
