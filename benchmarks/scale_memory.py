@@ -11,6 +11,10 @@ Each stage of ``STAGES`` runs as its own ``longtail`` process; its peak RSS is `
 
     nice -n 10 .venv/bin/python benchmarks/scale_memory.py --scales 1 10 100 --out /tmp/scale_memory
 
+``--set key=value`` (repeatable) is passed to the embedding stages on top of params.yaml, e.g. a smaller backbone
+and crop size so that ``embed`` at 100x (1M crops) finishes in an hour on 2 cores: the memory of the data path
+does not depend on the network, its seconds do.
+
 Other stages can be added to ``STAGES``: a function (context) -> argv of the stage's command.
 """
 
@@ -94,16 +98,20 @@ def longtail(*args) -> list[str]:
 SETS = ["--set", "embedding.num_workers=0", "--set", "embedding.proposals_per_image=0"]
 
 
+def sets(ctx: dict) -> list[str]:
+    return [*SETS, *(a for kv in ctx.get("sets", []) for a in ("--set", kv))]
+
+
 def stage_train_embedding(ctx: dict) -> list[str]:
     return longtail("train-embedding", "--proposals", str(ctx["set"]), "--variant", "poincare",
                     "--out-dir", str(ctx["work"] / "train"), "--set", f"embedding.max_steps={ctx['steps']}",
-                    "--set", "embedding.epochs=1000", "--set", "embedding.checkpoint_every=0", *SETS)
+                    "--set", "embedding.epochs=1000", "--set", "embedding.checkpoint_every=0", *sets(ctx))
 
 
 def stage_embed(ctx: dict) -> list[str]:
     return longtail("embed", "--model", str(ctx["model"]), "--proposals", str(ctx["set"]), "--anchors",
                     str(ctx["prepared"] / "train.json"), "--out", str(ctx["work"] / "embeddings.npz"),
-                    "--metrics", str(ctx["work"] / "embed_metrics.json"), *SETS)
+                    "--metrics", str(ctx["work"] / "embed_metrics.json"), *sets(ctx))
 
 
 def stage_propose_writer(ctx: dict) -> list[str]:
@@ -195,6 +203,8 @@ def main() -> int:
                     help="only: crops/s of the in-RAM vs streaming proposal embedding on the first scale's set")
     ap.add_argument("--out", type=Path, default=Path("/tmp/scale_memory"))
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a parameter for train-embedding / embed on top of params.yaml (repeatable)")
     args = ap.parse_args()
 
     prepared = args.out / "prepared"
@@ -217,7 +227,7 @@ def main() -> int:
         work = args.out / f"work_{scale}x"
         work.mkdir(parents=True, exist_ok=True)
         ctx = {"set": args.out / f"set_{scale}x", "work": work, "prepared": prepared, "steps": args.steps,
-               "model": model, "split": args.split, "scale": scale, "per_image": args.per_image}
+               "model": model, "split": args.split, "scale": scale, "per_image": args.per_image, "sets": args.sets}
         for name in args.stages:
             if name == "embed" and ctx["model"] is None:
                 ctx["model"] = model = work / "train" / "model.pt"
