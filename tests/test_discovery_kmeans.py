@@ -113,7 +113,7 @@ def test_sklearn_estimator_contract():
 def test_assignment_paths_match_brute_force(monkeypatch):
     import longtail.discovery.kmeans as KM
 
-    monkeypatch.setattr(KM, "KDTREE_CHUNK_ROWS", 1500)   # several k-d tree row chunks
+    monkeypatch.setattr(KM, "CHUNK_ROWS", 1500)   # several row chunks
     rng = np.random.default_rng(1)
     X = BALL.expmap0(torch.tensor(rng.normal(size=(4000, 2)) * 2.5)).double()   # up to |x| ~ 0.9999
     C = X[torch.tensor(rng.choice(4000, 300, replace=False))]

@@ -46,7 +46,9 @@ def run_cluster(args, params, cfg, run):
 
     out = Path(args.out_dir)
     emb = load_embeddings(args.embeddings)
-    Z, space, curv = emb["proposal_embeddings"].astype(np.float64), emb["space"], emb["curvature"]
+    Z, space, curv = emb.pop("proposal_embeddings").astype(np.float64), emb["space"], emb["curvature"]
+    for key in ("proposal_scores", "proposal_image_ids"):   # not needed here: O(N) bytes less
+        emb.pop(key, None)
     kcfg = {**cfg, "device": str(select_device(cfg["device"], "cluster"))}
     k, elbow, model = choose_k(Z, space, curv, kcfg, params["seed"])
     for kk, w, ev in zip(elbow["k"], elbow["inertia"], elbow["explained_variation"]):

@@ -20,6 +20,7 @@ def choose_k(Z: np.ndarray, space: str, curvature: float, cfg: dict, seed: int) 
     from longtail.discovery.spaces import make_kmeans, total_var
 
     models: dict[int, object] = {}
+    grid_labels: dict[int, np.ndarray] = {}
     k_cfg = cfg["k"]
     if k_cfg != "elbow" and int(k_cfg) > len(Z):
         raise LongtailError(f"discovery.k = {k_cfg} is larger than the number of proposals ({len(Z)}); "
@@ -34,6 +35,8 @@ def choose_k(Z: np.ndarray, space: str, curvature: float, cfg: dict, seed: int) 
 
     def fit(k):
         m = make_kmeans(space, k, cfg, seed).fit(Z)
+        # one int32 copy of the labels (scikit-learn's KMeans dtype), shared by the model and the grid
+        m.labels_ = grid_labels[k] = np.asarray(m.labels_, np.int32)
         models[k] = m
         bar.update(1)
         return m.inertia_
@@ -42,7 +45,7 @@ def choose_k(Z: np.ndarray, space: str, curvature: float, cfg: dict, seed: int) 
     bar.close()
     k = elbow["k_star"] if k_cfg == "elbow" else int(k_cfg)
     model = models.get(k) or make_kmeans(space, k, cfg, seed).fit(Z)
-    elbow["labels"] = {kk: np.asarray(models[kk].labels_, np.int32) for kk in elbow["k"]}
+    elbow["labels"] = {kk: grid_labels[kk] for kk in elbow["k"]}
     return k, elbow, model
 
 

@@ -24,6 +24,9 @@ from longtail.common.errors import LongtailError
 # Points are kept strictly inside the ball (radius 1/sqrt(c)) by this margin on |x|^2 c.
 BALL_EPS = {torch.float32: 1e-6, torch.float64: 1e-12}
 
+#: rows per chunk of every O(N) temporary of the CPU loop and the checks (k-d tree, centres, inertia, seeding)
+CHUNK_ROWS = 1 << 16
+
 
 def _as_tensor(X, device, dtype) -> torch.Tensor:
     if isinstance(X, torch.Tensor):
@@ -37,11 +40,12 @@ def check_points(X: torch.Tensor, c: float = 1.0, what: str = "X") -> None:
         raise LongtailError(f"{what}: expected an (N, d) array of points, got shape {tuple(X.shape)}")
     if X.shape[0] == 0:
         raise LongtailError(f"{what}: no points to cluster (0 rows); check the embeddings/proposals upstream")
-    bad = ~torch.isfinite(X).all(dim=1)
+    # row chunks: no (N, d) temporaries
+    bad = torch.cat([~torch.isfinite(x).all(dim=1) for x in X.split(CHUNK_ROWS)])
     if bad.any():
         raise LongtailError(f"{what}: {int(bad.sum())} of {X.shape[0]} points contain NaN/inf (first row "
                             f"{int(bad.nonzero()[0])}); re-run the embedding stage or drop those rows")
-    n2 = (X * X).sum(1) * c
+    n2 = torch.cat([(x * x).sum(1) * c for x in X.split(CHUNK_ROWS)])
     if (n2 >= 1).any():
         raise LongtailError(f"{what}: {int((n2 >= 1).sum())} points lie on/outside the Poincaré ball "
                             f"(max c|x|^2 = {float(n2.max()):.6g}); embeddings must be in the open ball")
@@ -78,29 +82,40 @@ def einstein_midpoints(X: torch.Tensor, labels: torch.Tensor, n_clusters: int, c
 
     In the Klein model m = sum(g_i k_i) / sum(g_i) with the Lorentz factor g_i = 1/sqrt(1 - c|k_i|^2).
     From a Poincaré point x: g = (1 + c|x|^2)/(1 - c|x|^2) and g k = 2x/(1 - c|x|^2) (no cancellation).
+    ``CHUNK_ROWS`` rows at a time (``index_add_`` adds in row order: on the CPU the same sums as one pass).
     """
-    n2 = c * sqnorm(X)
-    inv = 1.0 / (1 - n2).clamp_min(BALL_EPS.get(X.dtype, 1e-6))
-    g = (1 + n2) * inv
-    gk = 2 * X * inv[:, None]
-    if weights is not None:
-        g = g * weights
-        gk = gk * weights[:, None]
-    num = torch.zeros(n_clusters, X.shape[1], dtype=X.dtype, device=X.device).index_add_(0, labels, gk)
-    den = torch.zeros(n_clusters, dtype=X.dtype, device=X.device).index_add_(0, labels, g)
-    counts = torch.bincount(labels, minlength=n_clusters)
+    num = torch.zeros(n_clusters, X.shape[1], dtype=X.dtype, device=X.device)
+    den = torch.zeros(n_clusters, dtype=X.dtype, device=X.device)
+    counts = torch.zeros(n_clusters, dtype=torch.long, device=X.device)
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        x, lab = X[s:s + CHUNK_ROWS], labels[s:s + CHUNK_ROWS]
+        n2 = c * sqnorm(x)
+        inv = 1.0 / (1 - n2).clamp_min(BALL_EPS.get(X.dtype, 1e-6))
+        g = (1 + n2) * inv
+        gk = 2 * x * inv[:, None]
+        if weights is not None:
+            g = g * weights[s:s + CHUNK_ROWS]
+            gk = gk * weights[s:s + CHUNK_ROWS, None]
+        num.index_add_(0, lab, gk)
+        den.index_add_(0, lab, g)
+        counts += torch.bincount(lab, minlength=n_clusters)
     k = num / den.clamp_min(torch.finfo(X.dtype).tiny)[:, None]
     return klein_to_poincare(k, c), counts
 
 
 def _einstein_np(X: np.ndarray, labels: np.ndarray, K: int, c: float) -> tuple[np.ndarray, np.ndarray]:
-    """numpy version of ``einstein_midpoints`` (CPU: bincount is several times faster than index_add_)."""
-    n2 = c * np.einsum("nd,nd->n", X, X)
-    inv = 1.0 / np.maximum(1 - n2, 1e-300)
-    g = (1 + n2) * inv
-    den = np.bincount(labels, g, K)
-    num = np.stack([np.bincount(labels, 2 * X[:, j] * inv, K) for j in range(X.shape[1])], 1)
-    k = num / np.maximum(den, 1e-300)[:, None]
+    """numpy version of ``einstein_midpoints``, ``CHUNK_ROWS`` rows at a time: ``np.add.at`` adds in row order
+    as one ``bincount`` over all rows would, so the centres do not depend on the chunking (to the bit)."""
+    den = np.zeros(K)
+    num = np.zeros((X.shape[1], K))
+    for s in range(0, len(X), CHUNK_ROWS):
+        x, lab = X[s:s + CHUNK_ROWS], labels[s:s + CHUNK_ROWS]
+        n2 = c * np.einsum("nd,nd->n", x, x)
+        inv = 1.0 / np.maximum(1 - n2, 1e-300)
+        np.add.at(den, lab, (1 + n2) * inv)
+        for j in range(X.shape[1]):
+            np.add.at(num[j], lab, 2 * x[:, j] * inv)
+    k = num.T / np.maximum(den, 1e-300)[:, None]
     p = k / (1 + np.sqrt(np.maximum(1 - c * np.einsum("kd,kd->k", k, k), 0)))[:, None]
     return p, np.bincount(labels, minlength=K)
 
@@ -194,17 +209,12 @@ def assign_kdtree(X: np.ndarray, C: np.ndarray, c: float = 1.0, max_chunk_bytes:
     from scipy.spatial import cKDTree
 
     tree = cKDTree(np.asarray(C, np.float64) * math.sqrt(c))
-    rows = KDTREE_CHUNK_ROWS
-    parts = [_assign_kdtree_rows(X[s:s + rows], C, c, tree, max_chunk_bytes, workers)
-             for s in range(0, len(X), rows)]
+    parts = [_assign_kdtree_rows(X[s:s + CHUNK_ROWS], C, c, tree, max_chunk_bytes, workers)
+             for s in range(0, len(X), CHUNK_ROWS)]
     labels = np.concatenate([p[0] for p in parts])
     if not return_bounds:
         return labels
     return labels, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
-
-
-#: rows per k-d tree chunk (bounds the temporary (rows, candidates, d) arrays)
-KDTREE_CHUNK_ROWS = 1 << 20
 
 
 def _assign_kdtree_rows(X, C, c, tree, max_chunk_bytes, workers):
@@ -251,16 +261,20 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, c: float, generator: torch
     """k-means++ seeding (Arthur & Vassilvitskii 2007) with D(x) = hyperbolic distance to the nearest seed.
 
     Distances to each new seed on the hyperboloid: cosh d = X0 C0 - Xv . Cv (float64 numpy, O(N d) a seed).
+    Held: the hyperboloid points and D (cosh D, D^2); every other temporary is ``CHUNK_ROWS`` rows.
     """
-    Xn = X.detach().cpu().numpy().astype(np.float64) * math.sqrt(c)
-    n2 = (Xn * Xn).sum(1)
-    inv = 1.0 / np.maximum(1 - n2, 1e-300)
-    H0, Hv = (1 + n2) * inv, 2 * Xn * inv[:, None]
+    Xs = X.detach().cpu().numpy()
     N = X.shape[0]
+    H0, Hv = np.empty(N), np.empty((N, X.shape[1]))
+    for s in range(0, N, CHUNK_ROWS):
+        x = np.asarray(Xs[s:s + CHUNK_ROWS], np.float64) * math.sqrt(c)
+        n2 = (x * x).sum(1)
+        inv = 1.0 / np.maximum(1 - n2, 1e-300)
+        H0[s:s + CHUNK_ROWS], Hv[s:s + CHUNK_ROWS] = (1 + n2) * inv, 2 * x * inv[:, None]
     rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator).item()))
 
-    def cosh_to(j):
-        return H0 * H0[j] - Hv @ Hv[j]
+    def cosh_to(j, s):
+        return H0[s:s + CHUNK_ROWS] * H0[j] - Hv[s:s + CHUNK_ROWS] @ Hv[j]
 
     def d2(u):
         return np.arccosh(np.maximum(u, 1.0)) ** 2 / c
@@ -268,10 +282,12 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, c: float, generator: torch
     # block sums make each D^2 draw O(N / B + B) instead of a full cumsum
     B = max(1, int(math.sqrt(N)))
     nb = -(-N // B)
-    pad = nb * B - N
+    full = N // B * B
 
     def draw(closest, r):
-        blocks = np.pad(closest, (0, pad)).reshape(nb, B).sum(1)
+        # the sums of a zero-padded (nb, B) copy, without the copy: only the last block is padded
+        blocks = np.concatenate([closest[:full].reshape(-1, B).sum(1),
+                                 np.pad(closest[full:], (0, nb * B - N)).reshape(-1, B).sum(1)])
         cb = np.cumsum(blocks)
         out = []
         for u in r * cb[-1]:
@@ -283,8 +299,10 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, c: float, generator: torch
 
     idx = int(rng.integers(N))
     centers = [idx]
-    closest_u = cosh_to(idx)
-    closest = d2(closest_u)
+    closest_u, closest = np.empty(N), np.empty(N)
+    for s in range(0, N, CHUNK_ROWS):
+        closest_u[s:s + CHUNK_ROWS] = cosh_to(idx, s)
+        closest[s:s + CHUNK_ROWS] = d2(closest_u[s:s + CHUNK_ROWS])
     for _ in range(1, n_clusters):
         cand, pot = draw(closest, rng.random(n_local_trials))
         if not np.isfinite(pot) or pot <= 0:  # every point coincides with a seed: take unused points
@@ -293,12 +311,13 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, c: float, generator: torch
             cand = [int(np.flatnonzero(rest)[0])]
         best = None
         for j in cand:
-            u = cosh_to(j)
-            closer = np.flatnonzero(u < closest_u)       # compare in cosh space (monotone), arccosh only there
             new = closest.copy() if n_local_trials > 1 else closest
             new_u = closest_u.copy() if n_local_trials > 1 else closest_u
-            new[closer] = d2(u[closer])
-            new_u[closer] = u[closer]
+            for s in range(0, N, CHUNK_ROWS):
+                u = cosh_to(j, s)
+                closer = np.flatnonzero(u < new_u[s:s + CHUNK_ROWS])   # cosh space (monotone): arccosh there
+                new[s + closer] = d2(u[closer])
+                new_u[s + closer] = u[closer]
             p = new.sum() if n_local_trials > 1 else 0.0
             if best is None or p < best[1]:
                 best = (j, p, new, new_u)
@@ -408,8 +427,12 @@ class HyperbolicKMeans(ClusterMixin, BaseEstimator):
         return poincare_dist(A, B, self.curvature)
 
     def _inertia(self, X, C, labels):
-        return float((self._dist(X, C[labels]).astype(np.float64) if isinstance(X, np.ndarray) else
-                      self._dist(X, C[labels]).double()).__pow__(2).sum())
+        if isinstance(X, np.ndarray):   # CPU: C[labels] and the distance's temporaries a row chunk at a time
+            d = np.empty(len(X))
+            for s in range(0, len(X), CHUNK_ROWS):
+                d[s:s + CHUNK_ROWS] = self._dist(X[s:s + CHUNK_ROWS], C[labels[s:s + CHUNK_ROWS]])
+            return float((d ** 2).sum())
+        return float(self._dist(X, C[labels]).double().pow(2).sum())
 
     def _init_centers(self, X, gen):
         K = self.n_clusters
@@ -508,6 +531,9 @@ class HyperbolicKMeans(ClusterMixin, BaseEstimator):
 def total_variation(X, curvature: float = 1.0, device: str = "cpu") -> float:
     """Sum of squared hyperbolic distances to the (Einstein) centre of all points: inertia at k = 1."""
     X = _as_tensor(X, device, torch.float64)
-    labels = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
+    labels = torch.zeros(1, dtype=torch.long, device=X.device).expand(X.shape[0])   # no (N,) array
     C, _ = einstein_midpoints(X, labels, 1, curvature)
-    return float((poincare_dist(X, C[labels], curvature) ** 2).sum())
+    d = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+    for s in range(0, X.shape[0], CHUNK_ROWS):   # the distance's temporaries a chunk at a time
+        d[s:s + CHUNK_ROWS] = poincare_dist(X[s:s + CHUNK_ROWS], C, curvature)
+    return float((d ** 2).sum())
