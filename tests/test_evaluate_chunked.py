@@ -175,3 +175,52 @@ def test_lvis_chunks_with_subsets_equal_one_lvis_eval():
     r = ref.get_results()
     assert [got[key] for key in E.LVIS_KEYS] == [float(r[key]) if r[key] >= 0 else None for key in E.LVIS_KEYS]
     assert 0.2 < got["AP"] < 0.9 and got["sub"]["AP"] != got["AP"]
+
+
+def _same(x, y) -> bool:
+    if isinstance(x, np.ndarray):
+        return isinstance(y, np.ndarray) and x.dtype == y.dtype and np.array_equal(x, y)
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, list):
+        return isinstance(y, list) and len(x) == len(y) and all(_same(u, v) for u, v in zip(x, y))
+    return type(x) is type(y) and x == y
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_read_gt_packs_the_annotations_of_json_load(prepared, tmp_path, indent):
+    """read_gt keeps the annotations as text (parsed when read, issue 15): every annotation, image and category
+    is what json.load (with compact_polygons) gives, whatever the layout; the per-image index and columns agree;
+    a non-ASCII name elsewhere in the file does not widen the kept text; bad files are clear errors."""
+    from longtail.common.errors import LongtailError
+    from longtail.discovery.groundtruth import PackedAnnotations, annotation_column, compact_polygons
+
+    gt = json.loads((prepared / "val.json").read_text())
+    gt["categories"][0]["name"] = "caf\u00e9 \u2603"            # non-ASCII outside the annotations
+    gt["annotations"][0]["iscrowd"] = 1
+    p = tmp_path / "gt.json"
+    p.write_text(json.dumps(gt, indent=indent, ensure_ascii=False))
+    ref = json.loads(p.read_text(), object_hook=compact_polygons)
+    g = read_gt(p)
+    anns = g["annotations"]
+    assert isinstance(anns, PackedAnnotations) and len(anns) == len(ref["annotations"]) > 1000
+    assert g.keys() == ref.keys() and all(_same(g[k], ref[k]) for k in ref if k != "annotations")
+    assert _same(list(anns), ref["annotations"]) and _same(anns[-1], ref["annotations"][-1])
+    assert anns[0] is not anns[0]                                       # a new dict at every read
+    for key in ("image_id", "category_id"):
+        assert annotation_column(anns, key).tolist() == [a[key] for a in ref["annotations"]]
+    assert anns.columns["iscrowd"].tolist() == [bool(a.get("iscrowd", 0)) for a in ref["annotations"]]
+    assert len(anns._text) < len(p.read_text()) and anns._text.isascii()
+    by_img = E.gt_by_image(g)
+    img = gt["images"][5]["id"]
+    sub = E.gt_subset(g, by_img, [img, gt["images"][9]["id"]])
+    want = [a for i in sorted([img, gt["images"][9]["id"]]) for a in ref["annotations"] if a["image_id"] == i]
+    assert _same(sub["annotations"], want) and len(want) > 1
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"images": [], "annotations": [ ], "categories": []}')
+    assert len(read_gt(empty)["annotations"]) == 0
+    for bad in ('{"images": [], "annotations": [{"image_id": 1, "category_id": 2}', '{"annotations": [1]}',
+                '{"annotations": []} x'):
+        empty.write_text(bad)
+        with pytest.raises(LongtailError, match="empty.json"):
+            read_gt(empty)

@@ -87,7 +87,7 @@ def run_evaluate(args, params, cfg, run):
     emb = load_embeddings(args.embeddings)
     labels, k, grid = load_clusters(args.clusters, emb, args.embeddings)
     index = read_index(args.proposals)
-    gt = read_gt(args.gt, "ground truth")        # polygons as arrays: the GT is held whole
+    gt = read_gt(args.gt, "ground truth")        # annotations packed: parsed per chunk of images
     img_ids = [im["id"] for im in index["images"]]
     no_props = [im["id"] for im in index["images"] if im.get("num_proposals", 1) == 0]
     lvis, synsets = load_lvis(cfg, img_ids)

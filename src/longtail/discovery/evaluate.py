@@ -27,6 +27,8 @@ from pycocotools import mask as mask_utils
 
 from longtail.common.errors import LongtailError
 from longtail.common.masks import rle_for_json, rle_for_pycocotools, to_rle
+from longtail.discovery.groundtruth import (AnnotationsByImage, PackedAnnotations, annotation_column,
+                                           images_annotations)
 from longtail.discovery.spaces import pairwise_dist
 
 NOVEL = -1
@@ -168,20 +170,18 @@ def _quiet():
         yield buf
 
 
-def gt_by_image(gt: dict) -> dict[int, list[dict]]:
-    """Image id -> its annotations of ``gt`` (references, in the file's order)."""
-    out: dict[int, list[dict]] = defaultdict(list)
-    for a in gt["annotations"]:
-        out[a["image_id"]].append(a)
-    return out
+def gt_by_image(gt: dict) -> AnnotationsByImage:
+    """Where every image's annotations of ``gt`` are (a list of dicts or :func:`read_gt`'s packed ones)."""
+    return AnnotationsByImage(gt["annotations"])
 
 
-def gt_subset(gt: dict, by_img: dict[int, list[dict]], img_ids: Iterable[int]) -> dict:
-    """``gt`` restricted to ``img_ids`` (its other keys kept): the ground truth of one chunk of images. The
-    annotations are shallow copies, so an evaluator's in-place edits (RLE, ignore flags) stay in the chunk."""
+def gt_subset(gt: dict, by_img: AnnotationsByImage, img_ids: Iterable[int]) -> dict:
+    """``gt`` restricted to ``img_ids`` (its other keys kept): the ground truth of one chunk of images, its
+    annotations parsed (packed) or shallow copies, so an evaluator's in-place edits (RLE, ignore flags) stay
+    in the chunk."""
     ids = {int(i) for i in img_ids}
     return {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
-            "annotations": [dict(a) for i in sorted(ids) for a in by_img.get(i, [])]}
+            "annotations": images_annotations(gt, by_img, ids)}
 
 
 class _EvalImgs:
@@ -284,7 +284,8 @@ class CocoChunks(_Chunks):
     def __init__(self, gt: dict, cat_ids: Iterable[int], img_ids: Iterable[int], max_dets: int = 100):
         self._start(gt, img_ids, {"scores": "dtScores", "matches": "dtMatches", "dt_ignore": "dtIgnore",
                                   "gt_ignore": "gtIgnore"})
-        gt_ids = {a["category_id"] for a in gt["annotations"] if a["image_id"] in self._pos}
+        img, cat = (annotation_column(gt["annotations"], key) for key in ("image_id", "category_id"))
+        gt_ids = set(cat[np.isin(img, np.fromiter(self._pos, np.int64, len(self._pos)))].tolist())
         self.cats = [c for c in sorted({int(c) for c in cat_ids}) if c in gt_ids]
         if not self.cats:
             raise LongtailError("evaluation: none of the evaluated categories has a ground-truth instance in the "
@@ -403,8 +404,12 @@ class LvisChunks(_Chunks):
             if not keep:
                 raise LongtailError("LVIS evaluation: no evaluated image is in the LVIS annotation file; "
                                     "set discovery.lvis_json to the LVIS file of these images (or null)")
+            anns = gt["annotations"]
+            inside = np.flatnonzero(np.isin(annotation_column(anns, "image_id"),
+                                            np.fromiter(keep, np.int64, len(keep))))
             gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
-                  "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+                  "annotations": (anns.subset(inside) if isinstance(anns, PackedAnnotations)
+                                  else [anns[j] for j in inside.tolist()])}
         self._start(gt, (im["id"] for im in gt["images"]), {
             "scores": "dt_scores", "matches": "dt_matches", "dt_ignore": "dt_ignore", "gt_ignore": "gt_ignore",
             "ids": "dt_ids"})
@@ -417,7 +422,7 @@ class LvisChunks(_Chunks):
                                     f"of the LVIS ground truth; check discovery.eval_categories and the categories "
                                     f"of --gt")
         self.cats = sorted(set().union(*self.groups.values()))
-        self.with_gt = {a["category_id"] for a in gt["annotations"]}
+        self.with_gt = set(annotation_column(gt["annotations"], "category_id").tolist())
         self.max_dets = max_dets
 
     def add(self, img_ids: Iterable[int], dets: Sequence[dict]) -> None:

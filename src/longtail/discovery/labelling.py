@@ -9,27 +9,9 @@ import logging
 import numpy as np
 
 from longtail.common import LongtailError
+from longtail.discovery.groundtruth import annotation_column, compact_polygons, read_gt  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
-
-
-def compact_polygons(obj: dict) -> dict:
-    """``json.load`` object hook: an annotation's polygons (lists of numbers) as float64 arrays, 8 bytes a
-    coordinate instead of ~32 as Python floats in a list (the GT is held whole: ~2.4 KB a COCO polygon
-    annotation as lists). pycocotools turns polygons into float64 arrays anyway (``frPoly``), so masks, IoU
-    and AP are the same to the bit; RLE and other keys are left as they are."""
-    seg = obj.get("segmentation")
-    if isinstance(seg, list) and seg and all(isinstance(p, list) and p and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in p) for p in seg):
-        obj["segmentation"] = [np.asarray(p, np.float64) for p in seg]
-    return obj
-
-
-def read_gt(path, what: str = "ground truth"):
-    """A COCO / LVIS annotation file with :func:`compact_polygons`."""
-    from longtail.common import read_json
-
-    return read_json(path, what, object_hook=compact_polygons)
 
 
 def category_groups(gt: dict, lvis: dict | None, to_lvis: dict[int, int]) -> dict[int, str]:
@@ -236,7 +218,8 @@ def _evaluate_chunks(emb: dict, labels: np.ndarray, k: int, src: ProposalSource,
     split = cfg["eval_categories"]
     eval_cats = [c for c in gt_cats if split == "all" or gt_cats[c].get("split") == split]
     img_set, anchored = set(img_ids), set(Acat.tolist())      # once: not per annotation (quadratic at scale)
-    present = {a["category_id"] for a in gt["annotations"] if a["image_id"] in img_set}
+    img_col, cat_col = (annotation_column(gt["annotations"], key) for key in ("image_id", "category_id"))
+    present = set(cat_col[np.isin(img_col, np.fromiter(img_set, np.int64, len(img_set)))].tolist())
     no_anchor = sorted(c for c in eval_cats if c in present and c not in anchored)
     if no_anchor and cfg["on_missing_anchor"] == "fail":
         raise LongtailError(f"categories {no_anchor} have ground truth but no anchor embedding, so no cluster "

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from longtail.common.errors import LongtailError
-from longtail.discovery.kmeans import HyperbolicKMeans, check_points, poincare_dist, total_variation
+from longtail.discovery.kmeans import (CHUNK_ROWS, HyperbolicKMeans, check_points, poincare_dist,
+                                      total_variation)
 
 SPACES = ("poincare", "euclidean")
 
@@ -61,14 +62,25 @@ def total_var(Z: np.ndarray, space: str, curvature: float = 1.0) -> float:
 
 def random_like(Z: np.ndarray, space: str, seed: int, curvature: float = 1.0) -> np.ndarray:
     """Random-embedding baseline with the same spread: Gaussian in the tangent space at 0 (mapped into the
-    ball for the Poincaré space) with the per-axis std of the real embeddings."""
+    ball for the Poincaré space) with the per-axis std of the real embeddings. The (N, d) temporaries come
+    ``CHUNK_ROWS`` rows at a time (the same draws and values as one pass)."""
     rng = np.random.default_rng(seed)
     Z = np.asarray(Z, np.float64)
+    out = np.empty(Z.shape)
     if space == "poincare":
         import geoopt
 
         ball = geoopt.PoincareBall(c=curvature)
-        v = ball.logmap0(torch.as_tensor(Z)).numpy()
-        r = rng.normal(size=Z.shape) * v.std(0) + v.mean(0)
-        return ball.projx(ball.expmap0(torch.as_tensor(r))).numpy()
-    return rng.normal(size=Z.shape) * Z.std(0) + Z.mean(0)
+        v = np.empty(Z.shape)
+        for s in range(0, len(Z), CHUNK_ROWS):
+            v[s:s + CHUNK_ROWS] = ball.logmap0(torch.as_tensor(Z[s:s + CHUNK_ROWS])).numpy()
+        sd, mu = v.std(0), v.mean(0)
+        del v
+        for s in range(0, len(Z), CHUNK_ROWS):
+            r = rng.normal(size=out[s:s + CHUNK_ROWS].shape) * sd + mu
+            out[s:s + CHUNK_ROWS] = ball.projx(ball.expmap0(torch.as_tensor(r))).numpy()
+        return out
+    sd, mu = Z.std(0), Z.mean(0)
+    for s in range(0, len(Z), CHUNK_ROWS):
+        out[s:s + CHUNK_ROWS] = rng.normal(size=out[s:s + CHUNK_ROWS].shape) * sd + mu
+    return out
