@@ -201,3 +201,37 @@ def test_elbow_finds_planted_k():
     assert res["k_star"] == 6
     ev = np.array(res["explained_variation"])
     assert ev[-1] > 0.99 and np.all(np.diff(ev) > -1e-6)
+
+
+def test_row_chunks_change_nothing(monkeypatch, params):
+    """The CPU loop's O(N) temporaries come in row chunks (issue 15): with 97-row chunks (many, the last one
+    short) seeding, centres, labels, inertia, the total variation, the random baseline's points and the GPU
+    loop's Einstein midpoints are those of one chunk, to the bit; grid labels above 127 survive (int32)."""
+    import longtail.discovery.kmeans as KM
+    import longtail.discovery.spaces as SP
+    from longtail.discovery.clustering import choose_k
+    from longtail.discovery.spaces import random_like
+
+    X, _ = planted(seed=3)
+    lab = torch.as_tensor(np.arange(len(X)) % 5)
+
+    def everything():
+        fits = [HyperbolicKMeans(8, n_init=2, random_state=0, n_local_trials=t).fit(X) for t in (1, 3)]
+        w = torch.linspace(0.5, 2, len(X), dtype=torch.float64)
+        mids = einstein_midpoints(torch.tensor(X), lab, 5, weights=w)
+        return ([(m.labels_, m.cluster_centers_, m.inertia_) for m in fits], total_variation(X), mids,
+                [random_like(X, space, 7) for space in ("poincare", "euclidean")])
+
+    one = everything()
+    for mod in (KM, SP):
+        monkeypatch.setattr(mod, "CHUNK_ROWS", 97)
+    assert len(X) // 97 > 10 and len(X) % 97
+    many = everything()
+    for (la, ca, ia), (lb, cb, ib) in zip(one[0], many[0]):
+        assert np.array_equal(la, lb) and np.array_equal(ca, cb) and ia == ib
+    assert one[1] == many[1]
+    assert all(torch.equal(a, b) for a, b in zip(one[2], many[2]))
+    assert all(np.array_equal(a, b) for a, b in zip(one[3], many[3]))
+    cfg = {**params["discovery"], "k": 200, "k_grid": [4, 130, 200], "n_init": 1, "max_iter": 3, "device": "cpu"}
+    k, elbow, model = choose_k(X, "poincare", 1.0, cfg, 0)
+    assert k == 200 and elbow["labels"][200].max() > 127 and np.array_equal(elbow["labels"][200], model.labels_)

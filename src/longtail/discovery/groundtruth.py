@@ -2,7 +2,7 @@
 each parsed when a chunk of images needs it.
 
 Parsed whole, a COCO polygon annotation takes ~1.9 KB (dicts, lists, one array a polygon); here it takes the
-bytes of its JSON text, its span in that text and three columns (image id, category id, crowd flag): ~35 bytes
+bytes of its JSON text, its span in that text and two columns (image id, category id): 32 bytes
 plus its text. An annotation read from :class:`PackedAnnotations` is what ``json.load`` (with
 :func:`compact_polygons`) gives for it, a fresh dict at every read, so masks, IoU and AP are the same to the bit.
 """
@@ -33,7 +33,7 @@ def compact_polygons(obj: dict) -> dict:
 class PackedAnnotations(Sequence):
     """A sequence of annotations kept as spans of one JSON text; item i is parsed when read (a new dict).
 
-    ``columns``: image_id, category_id (int64) and iscrowd (bool) of every annotation, without parsing."""
+    ``columns``: image_id and category_id (int64) of every annotation, without parsing."""
 
     def __init__(self, text: str, starts: np.ndarray, ends: np.ndarray, columns: dict[str, np.ndarray]):
         self._text, self._starts, self._ends, self.columns = text, starts, ends, columns
@@ -98,7 +98,7 @@ def _packed_load(text: str, where: str) -> dict:
         key, i = dec.raw_decode(text, i)
         i = expect(_WS.match(text, i).end(), ":")
         if key == "annotations" and at(i, "["):
-            starts, ends, img, cat, crowd = [], [], [], [], []
+            starts, ends, img, cat = [], [], [], []
             i = expect(i, "[")
             while not at(i, "]"):
                 a, j = dec.raw_decode(text, i)
@@ -108,7 +108,6 @@ def _packed_load(text: str, where: str) -> dict:
                 ends.append(j)
                 img.append(a["image_id"])
                 cat.append(a["category_id"])
-                crowd.append(bool(a.get("iscrowd", 0)))
                 i = _WS.match(text, j).end()
                 if at(i, ","):
                     i = expect(i, ",")
@@ -120,8 +119,7 @@ def _packed_load(text: str, where: str) -> dict:
             out[key] = PackedAnnotations(text[first:i], np.asarray(starts, np.int64) - first,
                                          np.asarray(ends, np.int64) - first,
                                          {"image_id": np.asarray(img, np.int64),
-                                          "category_id": np.asarray(cat, np.int64),
-                                          "iscrowd": np.asarray(crowd, bool)})
+                                          "category_id": np.asarray(cat, np.int64)})
         else:
             out[key], i = dec.raw_decode(text, i)
         i = _WS.match(text, i).end()
