@@ -4,8 +4,8 @@
 at 1x, float32 as `longtail embed` writes them, planted around ``--centres`` centres in the tangent space at 0)
 are clustered by the real verb in its own process; its peak RSS is that child's ``ru_maxrss``
 (:func:`scale_memory.peak_rss`). k-means holds the points (N x dim float64), their labels at every k of the
-elbow grid and one assignment chunk (``discovery.max_chunk_mb``): the stage is O(N) by nature, so the report
-gives the bytes per point above the 1x baseline rather than a flat bound.
+elbow grid, k-means++'s hyperboloid points and distances, and row chunks of everything else
+(``kmeans.CHUNK_ROWS``, ``discovery.max_chunk_mb``): the report gives the bytes per point above the 1x run.
 
     nice -n 10 .venv/bin/python benchmarks/scale_memory_discovery.py --scales 1 10 100 --base 10000
     nice -n 10 .venv/bin/python benchmarks/scale_memory_discovery.py --evaluate --scales 1 10 100 --centres 16
@@ -13,7 +13,8 @@ gives the bytes per point above the 1x baseline rather than a flat bound.
 ``--evaluate``: `longtail evaluate` on a replicated val proposal set (benchmarks/scale_memory.py's writer) with
 its replicated ground truth, synthetic embeddings and cluster labels (one planted centre per point). `evaluate`
 reads the set `discovery.eval_chunk_images` images at a time (``--chunk`` sets it; default: params.yaml's);
-the report gives the bytes per proposal above the 1x run (the O(N) arrays and the per-image COCO results).
+the report gives the bytes per proposal above the 1x run (the O(N) arrays, the per-image COCO results, the
+ground truth's text).
 """
 
 from __future__ import annotations
