@@ -1,0 +1,77 @@
+"""The frozen backbone runs on the CPU in chunks of CPU_CHUNK..2*CPU_CHUNK-1 crops (issue 17: make run on 2
+cores; model.py's CPU_CHUNK): the same bits as one big batch, so the trained model and the embeddings of the
+chunked path equal the unchunked ones exactly (real crops of the sample, the default EfficientNet-Lite1 at 96 px)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import longtail.embedding.model as model_mod
+from longtail.proposals.format import write_proposals
+from test_embedding import jittered_proposals, one_thread, small_cfg  # noqa: F401 (one_thread: autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def lite_set(tmp_path_factory, params, train_coco):
+    """The default backbone (EfficientNet-Lite1, frozen, 96 px, pca head) on jittered GT proposals of 8 sample
+    training images (> 2 * CPU_CHUNK fg crops, so that the PCA pass and a 4-image step are chunked)."""
+    from longtail.embedding.inputs import load_proposal_set
+    from longtail.embedding.train import make_training_set
+
+    emb = params["embedding"]
+    recs, images = jittered_proposals(train_coco, 8)
+    props = write_proposals(tmp_path_factory.mktemp("chunks") / "train", recs, images, method="gt-jitter",
+                            dataset="train.json", topk=100, nms_iou=1.0)
+    cfg = small_cfg(params, backbone=emb["backbone"], frozen_stages=emb["frozen_stages"], crop_size=emb["crop_size"],
+                    head_init="pca", images_per_batch=4, epochs=1, max_steps=2)
+    _, recs, ids, images = load_proposal_set(str(props), cfg["proposals_per_image"])
+    return cfg, make_training_set(recs, ids, images, cfg, progress=False)
+
+
+def test_chunked_backbone_equals_one_batch(lite_set):
+    from longtail.embedding.crops import to_input
+    from longtail.embedding.train import build_model
+
+    cfg, ts = lite_set
+    C = model_mod.CPU_CHUNK
+    x = to_input(torch.as_tensor(ts.crops).flatten(0, 1))               # full, fg, bg crops of real proposals
+    n = 2 * C + C // 2 + 3                                                 # 2 chunks, the last one longer
+    x = x[:n]
+    model = build_model(cfg).eval()
+    assert model.backbone_frozen
+    with torch.no_grad():
+        whole = model.backbone(x)
+    chunked = model.frozen_backbone(x)
+    assert chunked.shape == whole.shape and torch.equal(chunked, whole)
+    # small batches run whole (a batch below 2 * CPU_CHUNK is computed as it came)
+    with torch.no_grad():
+        assert torch.equal(model.frozen_backbone(x[:C + 1]), model.backbone(x[:C + 1]))
+
+
+def test_trained_model_and_embeddings_equal_unchunked(lite_set, monkeypatch):
+    """train (pca head init + 2 steps) and embed_crops with chunks == with CPU_CHUNK so large that nothing is
+    chunked (the code before chunking): every tensor of the state dict and every embedding bit-identical."""
+    from longtail.embedding.train import build_model, embed_crops, train
+
+    cfg, ts = lite_set
+
+    def run():
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        sizes = []
+        model.backbone.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+        summary = train(model, ts, cfg, seed=0, progress=False)
+        z = embed_crops(model, ts.crops[:, 1], batch_size=256, progress=False)
+        return model.state_dict(), z, summary, sizes
+
+    sd, z, summary, sizes = run()
+    assert summary["steps"] == 2 and summary["head_init_crops"] == len(ts.crops) > 2 * model_mod.CPU_CHUNK
+    assert max(sizes) < 2 * model_mod.CPU_CHUNK and min(sizes) >= 16, sizes      # chunked (>= 16: same bits)
+    monkeypatch.setattr(model_mod, "CPU_CHUNK", 10 ** 6)
+    sd_ref, z_ref, _, sizes_ref = run()
+    assert max(sizes_ref) > 2 * 32, sizes_ref                                   # the reference was not chunked
+    assert sd.keys() == sd_ref.keys()
+    assert all(torch.equal(sd[k], sd_ref[k]) for k in sd), [k for k in sd if not torch.equal(sd[k], sd_ref[k])]
+    assert np.array_equal(z, z_ref)
