@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def _packed_load(text: str, where: str) -> dict:
         key, i = dec.raw_decode(text, i)
         i = expect(_WS.match(text, i).end(), ":")
         if key == "annotations" and at(i, "["):
-            starts, ends, img, cat = [], [], [], []
+            starts, ends, img, cat = (array("q") for _ in range(4))   # 8 bytes an entry
             i = expect(i, "[")
             while not at(i, "]"):
                 a, j = dec.raw_decode(text, i)
@@ -114,9 +115,9 @@ def _packed_load(text: str, where: str) -> dict:
                 elif not at(i, "]"):
                     raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
             i += 1
-            # only the array's text is kept (a narrow str where it is ASCII, whatever the rest of the file)
-            first = starts[0] if starts else i
-            out[key] = PackedAnnotations(text[first:i], np.asarray(starts, np.int64) - first,
+            # the file's text, or (where it is not ASCII: 2-4 bytes a character) the array's own (then ASCII)
+            first = 0 if text.isascii() else (starts[0] if starts else i)
+            out[key] = PackedAnnotations(text[first:i] if first else text, np.asarray(starts, np.int64) - first,
                                          np.asarray(ends, np.int64) - first,
                                          {"image_id": np.asarray(img, np.int64),
                                           "category_id": np.asarray(cat, np.int64)})
