@@ -14,20 +14,43 @@ from test_embedding import jittered_proposals, one_thread, small_cfg  # noqa: F4
 
 
 @pytest.fixture(scope="module")
-def lite_set(tmp_path_factory, params, train_coco):
-    """The default backbone (EfficientNet-Lite1, frozen, 96 px, pca head) on jittered GT proposals of 8 sample
+def lite_props(tmp_path_factory, params, train_coco):
+    """The default backbone (EfficientNet-Lite1, frozen, 96 px, pca head) and jittered GT proposals of 8 sample
     training images (> 2 * CPU_CHUNK fg crops, so that the PCA pass and a 4-image step are chunked)."""
-    from longtail.embedding.inputs import load_proposal_set
-    from longtail.embedding.train import make_training_set
-
     emb = params["embedding"]
     recs, images = jittered_proposals(train_coco, 8)
     props = write_proposals(tmp_path_factory.mktemp("chunks") / "train", recs, images, method="gt-jitter",
                             dataset="train.json", topk=100, nms_iou=1.0)
     cfg = small_cfg(params, backbone=emb["backbone"], frozen_stages=emb["frozen_stages"], crop_size=emb["crop_size"],
                     head_init="pca", images_per_batch=4, epochs=1, max_steps=2)
+    return cfg, props
+
+
+@pytest.fixture(scope="module")
+def lite_set(lite_props):
+    """The in-RAM training set of ``lite_props``."""
+    from longtail.embedding.inputs import load_proposal_set
+    from longtail.embedding.train import make_training_set
+
+    cfg, props = lite_props
     _, recs, ids, images = load_proposal_set(str(props), cfg["proposals_per_image"])
     return cfg, make_training_set(recs, ids, images, cfg, progress=False)
+
+
+def test_fg_crops_of_the_pca_pass_equal_the_items_fg_crops(lite_props, lite_set):
+    """The PCA head init reads only the fg crops of an image (``fg_crops``: no full/bg crops, no relations or
+    region tree): the same bytes as the training item's fg crops, image by image, streaming and in RAM."""
+    from longtail.embedding.dataset import training_dataset
+    from longtail.embedding.train import InMemoryImages
+
+    cfg, props = lite_props
+    ds = training_dataset(props, {**cfg, "max_proposals_per_step": 0}, seed=0)
+    ram = InMemoryImages(lite_set[1])
+    assert len(ds) == len(ram) == 8
+    for i in range(len(ds)):
+        want = ds[i].crops[:, 1]
+        assert want.shape[0] > 0 and torch.equal(ds.fg_crops(i), want), i
+        assert torch.equal(ram.fg_crops(i), want), i
 
 
 def test_chunked_backbone_equals_one_batch(lite_set):

@@ -225,20 +225,29 @@ class ProposalImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, key) -> ImageItem:
         i, step = key if isinstance(key, tuple) else (key, None)
         image_id = int(self.image_ids[i])
-        meta = self.proposals.images[image_id]
         pos, recs = self.proposals.records(image_id)
-        src = str(self.proposals.dir)
         if self.train and self.max_per_image and step is not None:
             valid = np.flatnonzero(self.proposals.record_valid[pos])
             if len(valid) > self.max_per_image:
                 rng = np.random.default_rng([self.seed, 2, int(step), image_id])
                 sel = np.sort(rng.choice(valid, self.max_per_image, replace=False))
                 pos, recs = pos[sel], [recs[j] for j in sel]
-        image = load_image(meta.file_name, src)
-        tree = self.trees.get(image_id) if (self.trees is not None and self.train) else None
+        return self._item(i, image_id, pos, recs, self.kinds, relations=self.train)
+
+    def _item(self, i: int, image_id: int, pos: np.ndarray, recs: list, kinds, relations: bool) -> ImageItem:
+        src = str(self.proposals.dir)
+        image = load_image(self.proposals.images[image_id].file_name, src)
+        tree = self.trees.get(image_id) if (self.trees is not None and relations) else None
         return image_item(i, image, image_id, [r["segmentation"] for r in recs], self.proposals.record_ids[pos],
-                          self.proposals.record_score[pos], self.cfg, self.kinds, tree=tree,
-                          relations=self.train, source=src)
+                          self.proposals.record_score[pos], self.cfg, kinds, tree=tree, relations=relations,
+                          source=src)
+
+    def fg_crops(self, i: int) -> torch.Tensor:
+        """(n, 3, S, S) uint8 fg crops of image ``i``'s non-empty kept masks (no cap), as ``self[i].crops`` has
+        them, without cutting the other kinds or building relations (the PCA head init's input)."""
+        image_id = int(self.image_ids[i])
+        pos, recs = self.proposals.records(image_id)
+        return self._item(i, image_id, pos, recs, ("fg",), relations=False).crops[:, 0]
 
 
 @dataclass

@@ -108,7 +108,7 @@ def init_head(model: EmbeddingNet, data, cfg: dict, seed: int, batch_crops: int 
     was_training = model.training
     model.eval()
     for i in pick:
-        pending.append(data[int(i)].crops[:, 1])               # the fg crops (kinds: full, fg, bg)
+        pending.append(data.fg_crops(int(i)))
         if sum(len(c) for c in pending) >= batch_crops:
             flush()
     if pending:
@@ -133,6 +133,10 @@ class InMemoryImages(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def fg_crops(self, i: int) -> torch.Tensor:
+        """(n, 3, S, S) uint8 fg crops of image ``i`` (kinds: full, fg, bg)."""
+        return torch.from_numpy(self.ts.crops[self.ts.relations.images[self.images[i]]][:, 1])
 
     def __getitem__(self, i: int) -> ImageItem:
         rel = self.ts.relations
