@@ -1,6 +1,12 @@
-"""The frozen backbone runs on the CPU in chunks of CPU_CHUNK..2*CPU_CHUNK-1 crops (issue 17: make run on 2
-cores; model.py's CPU_CHUNK): the same bits as one big batch, so the trained model and the embeddings of the
-chunked path equal the unchunked ones exactly (real crops of the sample, the default EfficientNet-Lite1 at 96 px)."""
+"""Savings of train-embedding / embed CPU that must change no number (issue 17: make run on 2 cores).
+
+* The frozen backbone runs on the CPU in chunks of CPU_CHUNK..2*CPU_CHUNK-1 crops (model.py's CPU_CHUNK): the
+  same bits as one big batch, so the trained model and the embeddings of the chunked path equal the unchunked
+  ones exactly (real crops of the sample, the default EfficientNet-Lite1 at 96 px).
+* The PCA head init reads only the fg crops of an image (``fg_crops``).
+* The streaming dataset hands out an uncapped training item again in later epochs (its memo) instead of
+  cutting its crops and building its relations again.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import torch
 
 import longtail.embedding.model as model_mod
 from longtail.proposals.format import write_proposals
-from test_embedding import jittered_proposals, one_thread, small_cfg  # noqa: F401 (one_thread: autouse fixture)
+from test_embedding import jittered_proposals, one_thread, quarter_tree, small_cfg  # noqa: F401 (one_thread: autouse)
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +103,34 @@ def test_trained_model_and_embeddings_equal_unchunked(lite_set, monkeypatch):
     assert sd.keys() == sd_ref.keys()
     assert all(torch.equal(sd[k], sd_ref[k]) for k in sd), [k for k in sd if not torch.equal(sd[k], sd_ref[k])]
     assert np.array_equal(z, z_ref)
+
+
+def _same_item(a, b) -> bool:
+    return (a.image_id == b.image_id and np.array_equal(a.record_ids, b.record_ids) and torch.equal(a.crops, b.crops)
+            and a.tree_pairs == b.tree_pairs and a.empty == b.empty and all(
+                len(x) == len(y) and all(np.array_equal(u, v) for u, v in zip(x, y))
+                for x, y in ((a.positives, b.positives), (a.negatives, b.negatives), (a.children, b.children))))
+
+
+def test_item_memo_gives_the_fresh_items_and_skips_capped_ones(lite_props, tmp_path):
+    """Later epochs get the memoised item of an uncapped image: equal to a fresh dataset's (crops, relations incl.
+    the region-tree pair); an image capped by max_proposals_per_step gets a fresh subset every step, never a memo."""
+    from longtail.embedding.dataset import training_dataset
+
+    cfg, props = lite_props
+    cfg = {**cfg, "crop_size": 16}
+    trees = quarter_tree(props, tmp_path / "trees")
+    ds = training_dataset(props, cfg, trees_dir=trees, seed=0)
+    assert ds.max_per_image > 0
+    for step in (0, 1, 7):
+        for i in range(len(ds)):
+            fresh = training_dataset(props, cfg, trees_dir=trees, seed=0)[(i, step)]
+            assert _same_item(ds[(i, step)], fresh), (i, step)
+    assert len(ds._memo) == len(ds) and sum(it.tree_pairs for it in ds._memo.values()) >= 1
+    capped = training_dataset(props, {**cfg, "max_proposals_per_step": 8}, trees_dir=trees, seed=0)  # 2 an image
+    assert capped.max_per_image == 2
+    for i in range(len(capped)):
+        for step in (0, 1, 2):
+            fresh = training_dataset(props, {**cfg, "max_proposals_per_step": 8}, trees_dir=trees, seed=0)
+            assert _same_item(capped[(i, step)], fresh[(i, step)]), (i, step)
+    assert {tuple(capped[(0, s)].record_ids) for s in range(6)} != {tuple(capped[(0, 0)].record_ids)}

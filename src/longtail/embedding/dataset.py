@@ -38,6 +38,8 @@ from longtail.common.preemption import worker_init  # noqa: F401 (re-exported)
 from longtail.embedding.crops import CROP_KINDS, load_image, mask_crops
 from longtail.embedding.sampling import Relations, Triplets, build_relations, region_tree_pairs, sample_triplets
 
+#: bytes of training items (crops + relations) a ProposalImageDataset keeps per process for the next epochs
+ITEM_MEMO_BYTES = 512 << 20
 #: relation counts of a step's images, summed over the first epoch into train-embedding's metrics
 REL_STATS = ("anchors_with_positive", "anchors_with_child", "anchors_with_same_image_negative", "region_tree_pairs")
 
@@ -208,6 +210,10 @@ class ProposalImageDataset(torch.utils.data.Dataset):
     3 crops per proposal and the relations. ``train=False`` (embed): every image with kept proposals, in the
     file's order, fg crops only, no relations. ``max_per_image`` (> 0) caps an image's proposals per step
     (a random subset seeded by ``(seed, step, image)``; see ``embedding.max_proposals_per_step``).
+
+    A training item that the cap leaves whole is the same in every epoch: the first ones, up to
+    ``ITEM_MEMO_BYTES`` of crops per process (the main one or a DataLoader worker), are kept and handed out again
+    (a shallow copy) instead of cutting the crops and building the relations again.
     """
 
     def __init__(self, proposals: ProposalIndex, cfg: dict, *, trees_dir: str | Path | None = None,
@@ -218,21 +224,32 @@ class ProposalImageDataset(torch.utils.data.Dataset):
         self.kinds = CROP_KINDS if train else ("fg",)
         self.max_per_image = int(max_per_image or 0)
         self.record_ids = proposals.record_ids
+        self._memo: dict[int, ImageItem] = {}
+        self._memo_bytes = 0
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __getitem__(self, key) -> ImageItem:
+        import dataclasses
+
         i, step = key if isinstance(key, tuple) else (key, None)
         image_id = int(self.image_ids[i])
+        valid = np.flatnonzero(self.proposals.record_valid[self.proposals.positions(image_id)])
+        capped = bool(self.train and self.max_per_image and step is not None and len(valid) > self.max_per_image)
+        if not capped and i in self._memo:
+            return dataclasses.replace(self._memo[i])
         pos, recs = self.proposals.records(image_id)
-        if self.train and self.max_per_image and step is not None:
-            valid = np.flatnonzero(self.proposals.record_valid[pos])
-            if len(valid) > self.max_per_image:
-                rng = np.random.default_rng([self.seed, 2, int(step), image_id])
-                sel = np.sort(rng.choice(valid, self.max_per_image, replace=False))
-                pos, recs = pos[sel], [recs[j] for j in sel]
-        return self._item(i, image_id, pos, recs, self.kinds, relations=self.train)
+        if capped:
+            rng = np.random.default_rng([self.seed, 2, int(step), image_id])
+            sel = np.sort(rng.choice(valid, self.max_per_image, replace=False))
+            pos, recs = pos[sel], [recs[j] for j in sel]
+        item = self._item(i, image_id, pos, recs, self.kinds, relations=self.train)
+        if self.train and not capped and self._memo_bytes + item.crops.nbytes <= ITEM_MEMO_BYTES:
+            self._memo[i] = item
+            self._memo_bytes += item.crops.nbytes
+            return dataclasses.replace(item)
+        return item
 
     def _item(self, i: int, image_id: int, pos: np.ndarray, recs: list, kinds, relations: bool) -> ImageItem:
         src = str(self.proposals.dir)
