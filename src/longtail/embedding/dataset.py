@@ -15,8 +15,9 @@
   triplets (and the losses) are the ones of the in-RAM path.
 
 Peak memory: the per-record arrays above, the image table of ``index.json`` (ImageMeta per image, and the
-:class:`~longtail.proposals.format.ProposalReader`'s 28 bytes an image), and ``num_workers x prefetch`` batches
-of crops (images_per_batch x proposals x 3 crops x 3 x S x S bytes each).
+:class:`~longtail.proposals.format.ProposalReader`'s 28 bytes an image), ``num_workers x prefetch`` batches
+of crops (images_per_batch x proposals x 3 crops x 3 x S x S bytes each) and the items kept for the later epochs
+(at most ``ITEM_MEMO_BYTES`` of crops per process: the whole sample, a small part of COCO).
 """
 
 from __future__ import annotations
