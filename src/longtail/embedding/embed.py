@@ -115,12 +115,8 @@ class PartsWriter:
                 np.savez(f, **arrays)
 
     def read_all(self, n_parts: int) -> dict[str, np.ndarray]:
-        chunks: dict[str, list] = {}
-        for k in range(n_parts):
-            with np.load(self.part(k)) as z:
-                for key in z.files:
-                    chunks.setdefault(key, []).append(z[key])
-        return {key: np.concatenate(v) for key, v in chunks.items()}
+        """The parts as one set of proposal arrays, in proposals.json order (:func:`merge_by_id`)."""
+        return merge_by_id([self.part(k) for k in range(n_parts)])
 
     def finish(self, arrays: dict[str, np.ndarray]) -> None:
         import shutil
@@ -205,14 +201,11 @@ def embed_proposal_set(model, proposals, cfg: dict, out: str | Path, *, fingerpr
                     "empty_masks": np.asarray([sum(t.empty for t, _ in done)], np.int64)})
         bar.update(len(items))
     bar.close()
-    arrays = writer.read_all(n_parts) if n else {}
+    arrays = writer.read_all(n_parts) if n else {}       # in proposals.json order
     if not n:
         arrays = {"proposal_embeddings": np.zeros((0, model.dim), np.float32),
                   "proposal_ids": np.zeros(0, np.int64), "proposal_image_ids": np.zeros(0, np.int64),
                   "proposal_scores": np.zeros(0, np.float32), "empty_masks": np.zeros(1, np.int64)}
-    o = np.argsort(arrays["proposal_ids"], kind="stable")   # proposals.json order
-    for key in ("proposal_embeddings", "proposal_ids", "proposal_image_ids", "proposal_scores"):
-        arrays[key] = arrays[key][o]
     arrays["empty_masks"] = np.asarray(int(arrays["empty_masks"].sum()))
     return arrays, writer
 
@@ -271,7 +264,46 @@ def embed_fingerprint(model_path: str | Path, proposals, cfg: dict, chunk_images
 
 # --- shards: `embed --shard i/N` + `gather-embeddings` ------------------------------------------------------
 
-SHARD_KEYS = ("proposal_embeddings", "proposal_ids", "proposal_image_ids", "proposal_scores", "empty_masks")
+ROW_KEYS = ("proposal_embeddings", "proposal_ids", "proposal_image_ids", "proposal_scores")    # one row a proposal
+SHARD_KEYS = (*ROW_KEYS, "empty_masks")
+
+
+def merge_by_id(files: Sequence[Path], hint: str = "") -> dict[str, np.ndarray]:
+    """The :data:`ROW_KEYS` arrays of several .npz files (an embed's parts, or its shards) as one, sorted by
+    proposal id (proposals.json order), and their ``empty_masks`` concatenated.
+
+    Two passes over the files: the ids first (8 bytes a proposal), then each file's rows written straight to
+    their sorted place in the output. Memory: one copy of the output plus one file's arrays, instead of the list
+    of files, its concatenation and a sorted copy (embed at 1M proposals: 1.43x its 1x peak before). A file that
+    cannot be read raises :class:`LongtailError` naming it (``hint``: what to do)."""
+    import zipfile
+
+    def load(f: Path, keys: Sequence[str]) -> list[np.ndarray]:
+        try:
+            with np.load(f) as z:
+                return [np.atleast_1d(z[k]) for k in keys]
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+            raise LongtailError(f"{f}: truncated or corrupt embedding file ({type(e).__name__}: {e})"
+                                + (f"; {hint}." if hint else ".")) from None
+
+    ids, empty = zip(*(load(f, ("proposal_ids", "empty_masks")) for f in files)) if files else ((), ())
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    order = np.argsort(all_ids, kind="stable")
+    dest = np.empty_like(order)
+    dest[order] = np.arange(len(order))
+    out: dict[str, np.ndarray] = {"proposal_ids": all_ids[order]}
+    del order, all_ids
+    start = 0
+    for f, n in zip(files, (len(i) for i in ids)):
+        rows = load(f, ROW_KEYS[:1] + ROW_KEYS[2:])
+        where = dest[start:start + n]
+        for key, a in zip(ROW_KEYS[:1] + ROW_KEYS[2:], rows):
+            if key not in out:
+                out[key] = np.empty((len(dest), *a.shape[1:]), a.dtype)
+            out[key][where] = a
+        start += n
+    out["empty_masks"] = np.concatenate(empty) if empty else np.zeros(0, np.int64)
+    return {k: out[k] for k in SHARD_KEYS if k in out}
 
 
 def shard_file(out: str | Path, shard: tuple[int, int]) -> Path:
@@ -336,28 +368,22 @@ def gather_shards(out: str | Path, num_shards: int | None, fingerprint: str, pro
         raise LongtailError(f"{sdir}: " + ("no finished shard" if not ns else f"shards of several N {sorted(ns)}")
                             + "; run every `longtail embed --shard i/N`, or pass --shards N.")
     n = num_shards if num_shards is not None else ns.pop()
-    chunks: dict[str, list] = {k: [] for k in SHARD_KEYS}
-    for i in range(1, n + 1):
-        f = shard_file(out, (i, n))
+    files = [shard_file(out, (i, n)) for i in range(1, n + 1)]
+    for i, f in enumerate(files, 1):
         hint = f"delete it and rerun `longtail embed ... --out {out} --shard {i}/{n}`"
         if not f.exists():
             raise LongtailError(f"{f}: shard {i} of {n} missing (not run or not finished); run `longtail embed ... "
                                 f"--out {out} --shard {i}/{n}`.")
         try:
             with np.load(f) as z:
-                got = {k: z[k] for k in (*SHARD_KEYS, "fingerprint")}
+                got = str(z["fingerprint"])
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
             raise LongtailError(f"{f}: truncated or corrupt embedding shard ({type(e).__name__}: {e}); {hint}.") \
                 from None
-        if str(got["fingerprint"]) != f"{fingerprint}:{shard_name((i, n))}":
+        if got != f"{fingerprint}:{shard_name((i, n))}":
             raise LongtailError(f"{f}: embedded with another model, configuration or proposal set than this "
                                 f"gather's; {hint}.")
-        for k in SHARD_KEYS:
-            chunks[k].append(np.atleast_1d(got[k]))
-    arrays = {k: np.concatenate(v) for k, v in chunks.items()}
-    o = np.argsort(arrays["proposal_ids"], kind="stable")            # proposals.json order
-    for k in SHARD_KEYS[:4]:
-        arrays[k] = arrays[k][o]
+    arrays = merge_by_id(files, hint=f"delete it and rerun its `longtail embed ... --out {out} --shard i/{n}`")
     ids = arrays["proposal_ids"]
     empty = int(arrays["empty_masks"].sum())
     if (ids[1:] == ids[:-1]).any() or len(ids) + empty != len(proposals.record_ids):
