@@ -181,11 +181,12 @@ def _write_embeddings(args, params, top, run, model, state, cfg, index, props, w
         "curvature": np.asarray(float(state["curvature"]) if state["space"] == "poincare" else 0.0),
     }
     write(arrays)
-    embedded_images = set(arrays["proposal_image_ids"].tolist())
+    embedded_images = np.unique(arrays["proposal_image_ids"])      # not a Python set of N ints
     pn = np.linalg.norm(arrays["proposal_embeddings"], axis=1) if len(keep) else np.zeros(1)
     metrics = {"num_proposals": len(keep), "empty_masks_skipped": empty,
                "num_images": len(embedded_images),
-               "images_without_proposals": int(sum(1 for i in index.images if i not in embedded_images)),
+               "images_without_proposals": int((~np.isin(np.fromiter(index.images, np.int64, len(index.images)),
+                                                         embedded_images)).sum()),
                "num_anchors": len(akeep), "anchor_categories": len(set(
                    arrays["anchor_category_ids"].tolist())),
                "categories_without_anchor": len(missing),
