@@ -134,3 +134,31 @@ def test_item_memo_gives_the_fresh_items_and_skips_capped_ones(lite_props, tmp_p
             fresh = training_dataset(props, {**cfg, "max_proposals_per_step": 8}, trees_dir=trees, seed=0)
             assert _same_item(capped[(i, step)], fresh[(i, step)]), (i, step)
     assert {tuple(capped[(0, s)].record_ids) for s in range(6)} != {tuple(capped[(0, 0)].record_ids)}
+
+
+def test_no_item_memo_in_dataloader_workers(lite_props):
+    """A DataLoader worker is started anew every epoch: the items it reads are not kept (its memo would only cost
+    up to ITEM_MEMO_BYTES a worker); read in the main process, they are."""
+    from longtail.embedding.dataset import training_dataset
+
+    cfg, props = lite_props
+    cfg = {**cfg, "crop_size": 16}
+    ds = training_dataset(props, cfg, seed=0)
+    probe = torch.utils.data.DataLoader(_MemoSize(ds), batch_size=None, num_workers=1, sampler=range(len(ds)))
+    assert list(probe) == [0] * len(ds)            # inside the worker: nothing kept
+    ds[(0, 0)]
+    assert len(ds._memo) == 1                        # main process: kept
+
+
+class _MemoSize(torch.utils.data.Dataset):
+    """Reads item i in the worker, then reports the size of that worker's memo."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        self.ds[(i, 0)]
+        return len(self.ds._memo)

@@ -17,7 +17,7 @@
 Peak memory: the per-record arrays above, the image table of ``index.json`` (ImageMeta per image, and the
 :class:`~longtail.proposals.format.ProposalReader`'s 28 bytes an image), ``num_workers x prefetch`` batches
 of crops (images_per_batch x proposals x 3 crops x 3 x S x S bytes each) and the items kept for the later epochs
-(at most ``ITEM_MEMO_BYTES`` of crops per process: the whole sample, a small part of COCO).
+(at most ``ITEM_MEMO_BYTES`` of crops, in the main process only: the whole sample, a small part of COCO).
 """
 
 from __future__ import annotations
@@ -213,8 +213,9 @@ class ProposalImageDataset(torch.utils.data.Dataset):
     (a random subset seeded by ``(seed, step, image)``; see ``embedding.max_proposals_per_step``).
 
     A training item that the cap leaves whole is the same in every epoch: the first ones, up to
-    ``ITEM_MEMO_BYTES`` of crops per process (the main one or a DataLoader worker), are kept and handed out again
-    (a shallow copy) instead of cutting the crops and building the relations again.
+    ``ITEM_MEMO_BYTES`` of crops, are kept and handed out again (a shallow copy) instead of cutting the crops and
+    building the relations again. Only when the items are read in the main process (``num_workers: 0``, the sample
+    default): DataLoader workers are started anew every epoch, so a worker's memo would only cost memory.
     """
 
     def __init__(self, proposals: ProposalIndex, cfg: dict, *, trees_dir: str | Path | None = None,
@@ -246,7 +247,8 @@ class ProposalImageDataset(torch.utils.data.Dataset):
             sel = np.sort(rng.choice(valid, self.max_per_image, replace=False))
             pos, recs = pos[sel], [recs[j] for j in sel]
         item = self._item(i, image_id, pos, recs, self.kinds, relations=self.train)
-        if self.train and not capped and self._memo_bytes + item.crops.nbytes <= ITEM_MEMO_BYTES:
+        if (self.train and not capped and self._memo_bytes + item.crops.nbytes <= ITEM_MEMO_BYTES
+                and torch.utils.data.get_worker_info() is None):   # a worker's memo dies with it at the epoch end
             self._memo[i] = item
             self._memo_bytes += item.crops.nbytes
             return dataclasses.replace(item)
