@@ -15,6 +15,16 @@ its replicated ground truth, synthetic embeddings and cluster labels (one plante
 reads the set `discovery.eval_chunk_images` images at a time (``--chunk`` sets it; default: params.yaml's);
 the report gives the bytes per proposal above the 1x run (the O(N) arrays, the per-image COCO results, the
 ground truth's text).
+
+``--evaluate --lvis``: the same with the paper's Table 1 protocol (`discovery.lvis_json`: APr/APc/APf through
+``LvisChunks``) on the LVIS v0.5 sample (data/lvis/lvis_val_100.json, 100 val images, 1230 categories) replicated
+``scale`` times (200x = 20,000 images, LVIS v1 val's count): the proposal set is built over the LVIS images from
+their width / height and GT polygons only (no pixels), the LVIS file replicated with the same image ids is
+`discovery.lvis_json`, and `--gt` (the COCO side `evaluate` also needs: base / novel split, purity) is the LVIS
+annotations of categories with a COCO synset in COCO's categories (:func:`lvis_as_coco`), replicated alike.
+
+    nice -n 19 .venv/bin/python benchmarks/scale_memory_discovery.py --evaluate --lvis --scales 1 10 100 200 \
+        --per-image 50
 """
 
 from __future__ import annotations
@@ -70,6 +80,27 @@ def replicated_gt(prepared: Path, split: str, scale: int, out: Path) -> Path:
     return out
 
 
+def lvis_as_coco(prepared: Path, lvis_json: Path, synsets: Path, out: Path) -> Path:
+    """COCO ground truth of the LVIS file's images, as ``out/val.json``: its annotations of the LVIS categories
+    that have a COCO synset (``longtail.data.lvis.coco_to_lvis``), in the prepared val's categories (base / novel
+    split); the other annotations dropped."""
+    from longtail.data.lvis import coco_to_lvis
+
+    if (out / "val.json").exists():
+        return out
+    coco, lvis = (json.loads(Path(f).read_text()) for f in (prepared / "val.json", lvis_json))
+    to_coco = {lid: cid for cid, lid in
+               coco_to_lvis(coco["categories"], lvis["categories"], json.loads(synsets.read_text())).items()}
+    anns = [{**a, "category_id": to_coco[a["category_id"]], "iscrowd": 0} for a in lvis["annotations"]
+            if a["category_id"] in to_coco]
+    images = [{k: im[k] for k in ("id", "file_name", "height", "width")} for im in lvis["images"]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "val.json").write_text(json.dumps({"info": {"description": f"{lvis_json} in COCO categories"},
+                                              "images": images, "annotations": anns,
+                                              "categories": coco["categories"]}))
+    return out
+
+
 def set_embeddings(index: dict, emb: Path, clusters: Path, dim: int, centres: int, categories: list[int],
                    seed: int = 0) -> int:
     """embeddings.npz of every record of a proposal set (planted around ``centres`` centres, as
@@ -107,24 +138,38 @@ def evaluate_rows(args) -> list[dict]:
     if not (prepared / "val.json").exists():
         subprocess.run(longtail("prepare", "--out-dir", str(prepared)), check=True, cwd=REPO,
                        env={**os.environ, "LONGTAIL_MLFLOW": "0"}, capture_output=True)
+    lvis_json = REPO / "data" / "lvis" / "lvis_val_100.json"
+    if args.lvis:   # the set's images: the LVIS sample's (with their COCO side), else the prepared val split's
+        images, tag, n_lvis = (lvis_json.parent, lvis_json.stem), "lvis_", len(json.loads(lvis_json.read_text())[
+            "annotations"])
+        coco_side = lvis_as_coco(prepared, lvis_json, lvis_json.parent / "coco_to_synset.json", args.out / "lvis_coco")
+    else:
+        images, coco_side, tag = (prepared, "val"), prepared, ""
     rows = []
     for scale in args.scales:
         t = time.time()
-        index = synthetic_set(prepared, "val", scale, args.per_image, args.out / f"set_{scale}x")
-        gt = replicated_gt(prepared, "val", scale, args.out / f"gt_{scale}x.json")
-        emb, cl = args.out / f"eval_emb_{scale}x.npz", args.out / f"eval_clusters_{scale}x.npz"
+        index = synthetic_set(*images, scale, args.per_image, proposals := args.out / f"{tag}set_{scale}x")
+        gt = replicated_gt(coco_side, "val", scale, args.out / f"{tag}gt_{scale}x.json")
+        emb, cl = args.out / f"{tag}eval_emb_{scale}x.npz", args.out / f"{tag}eval_clusters_{scale}x.npz"
         cats = sorted(c["id"] for c in json.loads((prepared / "val.json").read_text())["categories"])
         n = set_embeddings(index, emb, cl, args.dim, args.centres, cats)
+        lvis = ["--set", f"discovery.lvis_json={replicated_gt(*images, scale, args.out / f'lvis_{scale}x.json')}"
+                ] if args.lvis else []
         print(f"# evaluate {scale}x: {len(index['images'])} images, {n} proposals (inputs in "
               f"{time.time() - t:.0f} s)", flush=True)
+        out = args.out / f"{tag}evaluate_{scale}x"
         rss, secs, _ = peak_rss(longtail(
-            "evaluate", "--embeddings", str(emb), "--clusters", str(cl), "--proposals", str(args.out / f"set_{scale}x"),
-            "--gt", str(gt), "--out-dir", str(args.out / f"evaluate_{scale}x"), "--set", "discovery.n_init=1",
+            "evaluate", "--embeddings", str(emb), "--clusters", str(cl), "--proposals", str(proposals),
+            "--gt", str(gt), "--out-dir", str(out), "--set", "discovery.n_init=1",
             "--set", f"discovery.max_iter={args.max_iter}", "--set", f"discovery.baseline_seeds={args.baseline_seeds}",
-            "--set", "discovery.device=cpu", *(["--set", f"discovery.eval_chunk_images={args.chunk}"]
-                                               if args.chunk else [])))
+            "--set", "discovery.device=cpu", *lvis, *(["--set", f"discovery.eval_chunk_images={args.chunk}"]
+                                                      if args.chunk else [])))
         row = {"stage": "evaluate", "scale": scale, "images": len(index["images"]), "proposals": n,
                "k": args.centres, "peak_rss_mb": round(rss), "seconds": round(secs, 1)}
+        if args.lvis:
+            m = json.loads((out / "metrics.json").read_text())["lvis"]
+            row.update(stage="evaluate (LVIS)", lvis_annotations=scale * n_lvis,
+                       **{f"lvis_{k}": m[k] for k in ("AP", "APr", "APc", "APf", "images")})
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -145,6 +190,9 @@ def main() -> int:
                          "records an image; 100x x 177 images x 57 = 1.0M) + its replicated ground truth, "
                          "synthetic embeddings and cluster labels")
     ap.add_argument("--per-image", type=int, default=57)
+    ap.add_argument("--lvis", action="store_true",
+                    help="with --evaluate: on the LVIS sample's images replicated, with discovery.lvis_json "
+                         "(APr/APc/APf; 200x = 20,000 images = LVIS v1 val)")
     ap.add_argument("--baseline-seeds", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=None, help="discovery.eval_chunk_images (default: params.yaml's)")
     args = ap.parse_args()
