@@ -147,10 +147,14 @@ def test_cli_writes_the_same_detections_in_chunks(case, params, tmp_path, monkey
     assert json.loads(res[5][0]) and res[5][1]["novel"]["AP"] > 0.05
 
 
-def test_lvis_chunks_with_subsets_equal_one_lvis_eval():
+@pytest.mark.parametrize("max_pairs", [E.LvisChunks.max_pairs, 5000])
+def test_lvis_chunks_with_subsets_equal_one_lvis_eval(max_pairs, monkeypatch):
     """LvisChunks over 9-image chunks of the 100 LVIS images (federated lists, 300 detections an image, a
-    category subset) == one LVISEval of the lvis API over the same detections."""
+    category subset) == one LVISEval of the lvis API over the same detections; also with each chunk evaluated
+    in runs of 4, 4, 1 images (max_pairs 5000 over 1230 categories)."""
     from lvis import LVISEval, LVISResults
+
+    monkeypatch.setattr(E.LvisChunks, "max_pairs", max_pairs)
 
     gt = json.loads(LVIS.read_text())
     rng = np.random.default_rng(1)
