@@ -236,6 +236,39 @@ def split_emulation(model, ds, cfg, seed, world):
 
 
 @pytest.mark.slow
+def test_embed_holds_no_crops_while_a_chunk_fills(params, train_set, tmp_path, monkeypatch):
+    """A part is written when its last image is embedded; until then only the finished images' ids, scores and
+    embeddings wait, not their crops (500 images of 224 px crops would be GBs): when the one chunk of all 5
+    images is written, only the current image's crops are alive."""
+    import weakref
+
+    from longtail.embedding import embed as embed_mod
+    from longtail.embedding.train import build_model
+
+    props, _ = train_set
+    cfg = small_cfg(params, crop_size=16, hidden=[16, 8], proposals_per_image=6)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    refs, alive_at_write = [], []
+    embed_items = embed_mod.embed_items
+
+    def tracking(m, items):
+        refs.extend(weakref.ref(it.crops) for it in items)
+        return embed_items(m, items)
+
+    write = embed_mod.PartsWriter.write
+
+    def counting(self, k, arrays):
+        alive_at_write.append(sum(r() is not None for r in refs))
+        return write(self, k, arrays)
+
+    monkeypatch.setattr(embed_mod, "embed_items", tracking)
+    monkeypatch.setattr(embed_mod.PartsWriter, "write", counting)
+    arrays, _ = embed_mod.embed_proposal_set(model, ProposalIndex(props, 6), cfg, tmp_path / "e.npz",
+                                             fingerprint="a", chunk_images=5, batch_size=1, progress=False)
+    assert len(refs) == 5 and alive_at_write == [1] and len(arrays["proposal_ids"]) > 5
+
+
 def test_ddp_two_processes_gloo_match_one_process(params, train_set, tmp_path):
     """torchrun-style 2-rank gloo world: each rank takes every 2nd image of the step's global batch of 4 (5 images:
     the last step's single image is repeated so that no rank is idle). Its losses equal, to 1e-6, one process

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,17 @@ class PartsWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class ImageRows:
+    """What a finished image contributes to its part: everything of its ImageItem but the crops."""
+
+    pos: int
+    image_id: int
+    record_ids: np.ndarray
+    scores: np.ndarray
+    empty: int
+
+
 @torch.no_grad()
 def embed_items(model, items: Sequence) -> np.ndarray:
     """(sum of n_i, dim) float32 fg embeddings of per-image items (their (n_i, 1, 3, S, S) uint8 crops)."""
@@ -186,7 +198,10 @@ def embed_proposal_set(model, proposals, cfg: dict, out: str | Path, *, fingerpr
         for it in items:
             k = it.pos // C
             m = len(it.record_ids)
-            pending.setdefault(k, []).append((it, z[o:o + m]))
+            # the chunk waits for its last image: keep the rows, not the item's crops (at 224 px, 500 images
+            # x 50 proposals of crops would be 3.8 GB)
+            row = ImageRows(it.pos, it.image_id, it.record_ids, it.scores, it.empty)
+            pending.setdefault(k, []).append((row, z[o:o + m]))
             o += m
             chunk_end = min(n, (k + 1) * C)
             if it.pos == chunk_end - 1:                 # groups arrive in order: the chunk is complete
