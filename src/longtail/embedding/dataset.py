@@ -39,7 +39,7 @@ from longtail.common.preemption import worker_init  # noqa: F401 (re-exported)
 from longtail.embedding.crops import CROP_KINDS, load_image, mask_crops
 from longtail.embedding.sampling import Relations, Triplets, build_relations, region_tree_pairs, sample_triplets
 
-#: bytes of training items (crops + relations) a ProposalImageDataset keeps per process for the next epochs
+#: bytes of training items (crops + relations) a ProposalImageDataset keeps for the next epochs (main process only)
 ITEM_MEMO_BYTES = 512 << 20
 #: relation counts of a step's images, summed over the first epoch into train-embedding's metrics
 REL_STATS = ("anchors_with_positive", "anchors_with_child", "anchors_with_same_image_negative", "region_tree_pairs")
