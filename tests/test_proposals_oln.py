@@ -144,3 +144,29 @@ def test_oln_mask_rcnn_trains_on_a_sample_image(val_coco, repo_root):
     total.backward()
     for name in ("rpn_head.rpn_cls", "roi_head.bbox_head.fc_cls", "roi_head.mask_head.conv_logits"):
         assert dict(model.named_parameters())[f"{name}.weight"].grad.abs().sum() > 0, name
+
+
+def test_roi_head_scores_boxes_by_the_geometric_mean_of_rpn_score_and_iou():
+    """OlnRoIHead at test time: score = sqrt(RPN score x predicted IoU) for every kept box (4 disjoint proposals,
+    no score threshold); training (loss) is StandardRoIHead's."""
+    from mmdet.models.roi_heads import StandardRoIHead
+    from mmdet.structures.bbox import bbox2roi
+    from mmengine.config import ConfigDict
+    from mmengine.structures import InstanceData
+
+    cfg = load_config(CONFIG)
+    head = _build(dict(cfg.model.roi_head, train_cfg=cfg.model.train_cfg.rcnn, test_cfg=cfg.model.test_cfg.rcnn))
+    head.init_weights()
+    head.eval()
+    torch.manual_seed(0)
+    x = tuple(torch.randn(1, cfg.model.roi_head.bbox_roi_extractor.out_channels, 128 // s, 160 // s) for s in (4, 8, 16, 32))
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 40.0], [60.0, 4.0, 100.0, 50.0], [4.0, 70.0, 50.0, 120.0], [90.0, 70.0, 150.0, 120.0]])
+    rpn_scores = torch.tensor([0.9, 0.2, 0.5, 0.05])
+    test_cfg = ConfigDict(score_thr=0.0, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100)
+    with torch.no_grad():
+        cls = StandardRoIHead._bbox_forward(head, x, bbox2roi([boxes]))["cls_score"]
+        res = head.predict_bbox(x, [dict(img_shape=(128, 160))], [InstanceData(bboxes=boxes, scores=rpn_scores)], test_cfg)[0]
+    expected = ((cls[:, 0] - cls[:, 1]).sigmoid() * rpn_scores).sqrt()
+    assert len(res.scores) == 4
+    assert torch.allclose(res.scores.sort().values, expected.sort().values, atol=1e-5)
+    assert head._rpn_scores is None

@@ -7,4 +7,4 @@ custom_imports = dict(imports=['longtail.proposals.efficientnet_lite', 'longtail
                                'longtail.proposals.oln'], allow_failed_imports=False)
 
 model = dict(rpn_head=dict(type='OlnRPNHead', loss_objectness_weight=1.0),
-             roi_head=dict(bbox_head=dict(type='OlnBBoxHead', loss_iou_weight=1.0)))
+             roi_head=dict(type='OlnRoIHead', bbox_head=dict(type='OlnBBoxHead', loss_iou_weight=1.0)))

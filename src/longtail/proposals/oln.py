@@ -14,17 +14,21 @@ OLN scores a box by how well it is localised instead, learned from positives onl
   trained with an L1 loss to the **IoU** of each positive RoI with its ground-truth box (positives only), so the
   detection score mmdet computes (the softmax) is the predicted IoU. Box regression is the head's own.
 
+* ``OlnRoIHead``: at test time a box's score is OLN's geometric mean ``sqrt(centerness x IoU)`` of its proposal's
+  RPN score and the RoI head's predicted IoU.
+
 Deviations from the paper's OLN-Box: the RPN uses one assigner/sampler for objectness and regression (OLN: a
-second one with positive IoU 0.3) and the smooth-L1 deltas (OLN: IoU loss on TBLR distances); the final score is
-the RoI head's IoU alone (OLN: its geometric mean with the RPN centerness). Select them in a config (custom_imports
-``longtail.proposals.oln``; ``rpn_head=dict(type='OlnRPNHead')``, ``roi_head=dict(bbox_head=dict(type='OlnBBoxHead'))``),
-as ``workflow/mmdet/maskrcnn_oln_effl0_fpn_cpu.py`` does.
+second one with positive IoU 0.3) and the smooth-L1 deltas (OLN: IoU loss on TBLR distances). Select them in a
+config (custom_imports ``longtail.proposals.oln``; ``rpn_head=dict(type='OlnRPNHead')``,
+``roi_head=dict(type='OlnRoIHead', bbox_head=dict(type='OlnBBoxHead'))``), as
+``workflow/mmdet/maskrcnn_oln_effl0_fpn_cpu.py`` does.
 """
 
 from __future__ import annotations
 
 import torch
 from mmdet.models.dense_heads import RPNHead
+from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
@@ -105,3 +109,29 @@ class OlnBBoxHead(Shared2FCBBoxHead):
         fg = (cls_score[pos, 0] - cls_score[pos, 1]).sigmoid()
         losses["loss_iou"] = self.loss_iou_weight * ((fg - iou.detach()).abs().mean() if pos.any() else cls_score.sum() * 0)
         return dict(loss_bbox=losses, bbox_targets=targets)
+
+
+@MODELS.register_module()
+class OlnRoIHead(StandardRoIHead):
+    """``StandardRoIHead`` whose test-time box score is ``sqrt(rpn score x predicted IoU)`` (OLN's final score);
+    its bbox head must be an ``OlnBBoxHead``. Training is the standard head's."""
+
+    _rpn_scores: Tensor | None = None
+
+    def predict_bbox(self, x, batch_img_metas, rpn_results_list, rcnn_test_cfg, rescale: bool = False):
+        # the RoIs of predict_bbox are the proposals of rpn_results_list, concatenated in order
+        self._rpn_scores = torch.cat([r.scores for r in rpn_results_list]) if rpn_results_list else None
+        try:
+            return super().predict_bbox(x, batch_img_metas, rpn_results_list, rcnn_test_cfg, rescale=rescale)
+        finally:
+            self._rpn_scores = None
+
+    def _bbox_forward(self, x, rois: Tensor) -> dict:
+        res = super()._bbox_forward(x, rois)
+        if self._rpn_scores is not None:
+            cls = res["cls_score"]
+            iou = (cls[:, 0] - cls[:, 1]).sigmoid()
+            score = (iou * self._rpn_scores.to(iou).clamp(0, 1)).sqrt().clamp(1e-6, 1 - 1e-6)
+            # logits whose softmax[0] is the combined score (the bbox head's predict_by_feat applies the softmax)
+            res["cls_score"] = torch.stack([torch.logit(score), torch.zeros_like(score)], 1)
+        return res
