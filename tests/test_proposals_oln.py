@@ -36,6 +36,8 @@ def test_centerness():
 def test_rpn_objectness_learns_centerness_on_positives_only():
     """With every score 0 (sigmoid 0.5) the objectness loss is the mean of |0.5 - centerness| over the positive
     anchors, and no negative anchor gets a gradient (a standard RPN pushes every negative towards 0)."""
+    from mmdet.structures.bbox import bbox_overlaps
+
     cfg = load_config(CONFIG)
     rpn = dict(cfg.model.rpn_head, train_cfg=cfg.model.train_cfg.rpn, test_cfg=cfg.model.test_cfg.rpn)
     from mmengine.structures import InstanceData
@@ -68,9 +70,15 @@ def test_rpn_objectness_learns_centerness_on_positives_only():
             # each positive's gradient pushes sigmoid(score) towards its own centerness
             g = torch.cat([lvl[p] for lvl, p in zip(grads[kind], pos)])
             assert torch.all((g > 0) == (c < 0.5))
+            # OLN's objectness positives: IoU > 0.3 with the GT box, never a background anchor
+            iou = bbox_overlaps(a, gt.bboxes)[:, 0]
+            assert iou.min() > 0.3 - 1e-6 and c.min() < 0.3 < 0.6 < c.max()   # targets spread over [0, 1]
     n_oln = sum(int((g != 0).sum()) for g in grads["OlnRPNHead"])
-    n_std = sum(int((g != 0).sum()) for g in grads["RPNHead"])
-    assert n_std > 4 * n_oln     # the standard RPN also trains its sampled negatives
+    iou_all = bbox_overlaps(torch.cat(anchors), gt.bboxes)[:, 0]
+    assert n_oln == min(256, int((iou_all > 0.3).sum()))
+    # the standard RPN trains its sampled negatives (IoU < 0.3) too
+    std_trained = torch.cat(grads["RPNHead"]) != 0
+    assert (iou_all[std_trained] < 0.3).sum() > 100
 
 
 def test_roi_score_learns_the_iou_of_positive_rois_only():

@@ -8,8 +8,10 @@ OLN scores a box by how well it is localised instead, learned from positives onl
 
 * ``OlnRPNHead``: the RPN's score channel predicts the **centerness** of an anchor's centre in its assigned
   ground-truth box, ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` (l, r, t, b: distances from the
-  anchor's centre to the box's sides), with an L1 loss on the sigmoid over the positive anchors only; no loss on
-  negatives. Box regression is the RPN's own. At test time ``sigmoid(score)`` ranks the proposals as before.
+  anchor's centre to the box's sides), with an L1 loss on the sigmoid over positive anchors only: those of the
+  separate objectness assigner / sampler in ``train_cfg.rpn`` (OLN: IoU > 0.3, 256 anchors an image, no
+  background), whose targets spread from 0 to 1; no loss on negatives. Box regression is the RPN's own, with its
+  own assigner. At test time ``sigmoid(score)`` ranks the proposals as before.
 * ``OlnBBoxHead``: the RoI head's two class logits ``(a, b)`` give ``softmax[0] = sigmoid(a - b)``; that is
   trained with an L1 loss to the **IoU** of each positive RoI with its ground-truth box (positives only), so the
   detection score mmdet computes (the softmax) is the predicted IoU. Box regression is the head's own.
@@ -17,8 +19,8 @@ OLN scores a box by how well it is localised instead, learned from positives onl
 * ``OlnRoIHead``: at test time a box's score is OLN's geometric mean ``sqrt(centerness x IoU)`` of its proposal's
   RPN score and the RoI head's predicted IoU.
 
-Deviations from the paper's OLN-Box: the RPN uses one assigner/sampler for objectness and regression (OLN: a
-second one with positive IoU 0.3) and the smooth-L1 deltas (OLN: IoU loss on TBLR distances). Select them in a
+Deviation from the paper's OLN-Box: the RPN regresses mmdet's smooth-L1 deltas of 3 anchor shapes (OLN: IoU
+loss on TBLR distances of one square anchor). Select them in a
 config (custom_imports ``longtail.proposals.oln``; ``rpn_head=dict(type='OlnRPNHead')``,
 ``roi_head=dict(type='OlnRoIHead', bbox_head=dict(type='OlnBBoxHead'))``), as
 ``workflow/mmdet/maskrcnn_oln_effl0_fpn_cpu.py`` does.
@@ -30,7 +32,7 @@ import torch
 from mmdet.models.dense_heads import RPNHead
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
-from mmdet.registry import MODELS
+from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
 from torch import Tensor
 
@@ -48,8 +50,9 @@ def centerness(points: Tensor, boxes: Tensor) -> Tensor:
 
 @MODELS.register_module()
 class OlnRPNHead(RPNHead):
-    """``RPNHead`` whose score is the anchor's centerness in its ground-truth box, learned on positives only
-    (module docstring). ``loss_objectness_weight`` scales the L1 loss (OLN: 1.0)."""
+    """``RPNHead`` whose score is the anchor's centerness in its ground-truth box, learned on the positives of
+    ``train_cfg.objectness_assigner`` / ``objectness_sampler`` only (module docstring). ``loss_objectness_weight``
+    scales the L1 loss (OLN: 1.0)."""
 
     def __init__(self, *args, loss_objectness_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -57,6 +60,14 @@ class OlnRPNHead(RPNHead):
             raise ValueError(f"{type(self).__name__} needs loss_cls with use_sigmoid=True (one score channel)")
         self.loss_objectness_weight = float(loss_objectness_weight)
         self._num_pos = 1.0
+        self._objectness_pass = False
+        if self.train_cfg:
+            missing = [k for k in ("objectness_assigner", "objectness_sampler") if k not in self.train_cfg]
+            if missing:
+                raise ValueError(f"{type(self).__name__}: train_cfg.rpn needs {' and '.join(missing)} "
+                                 "(OLN: MaxIoUAssigner pos_iou_thr 0.3, RandomSampler num 256, pos_fraction 1.0)")
+            self.objectness_assigner = TASK_UTILS.build(self.train_cfg["objectness_assigner"])
+            self.objectness_sampler = TASK_UTILS.build(self.train_cfg["objectness_sampler"], default_args=dict(context=self))
 
     def get_targets(self, *args, **kwargs):
         out = super().get_targets(*args, **kwargs)
@@ -68,22 +79,34 @@ class OlnRPNHead(RPNHead):
     def loss_by_feat_single(self, cls_score: Tensor, bbox_pred: Tensor, anchors: Tensor, labels: Tensor,
                             label_weights: Tensor, bbox_targets: Tensor, bbox_weights: Tensor,
                             avg_factor: int) -> tuple:
-        _, loss_bbox = super().loss_by_feat_single(cls_score, bbox_pred, anchors, labels, label_weights,
-                                                   bbox_targets, bbox_weights, avg_factor)
+        if not self._objectness_pass:       # regression targets: the RPN's own box loss, no score loss
+            _, loss_bbox = super().loss_by_feat_single(cls_score, bbox_pred, anchors, labels, label_weights,
+                                                       bbox_targets, bbox_weights, avg_factor)
+            return cls_score.sum() * 0, loss_bbox
         pos = ((labels == 0) & (label_weights > 0)).reshape(-1)
         score = cls_score.permute(0, 2, 3, 1).reshape(-1)[pos]
         if not pos.any():
-            return score.sum(), loss_bbox
+            return score.sum(), bbox_pred.sum() * 0
         anchors = anchors.reshape(-1, anchors.size(-1))[pos]
         targets = bbox_targets.reshape(-1, bbox_targets.size(-1))[pos]
         gt = targets if self.reg_decoded_bbox else get_box_tensor(self.bbox_coder.decode(anchors, targets))
         target = centerness((anchors[:, :2] + anchors[:, 2:]) / 2, gt).detach()
         loss_obj = (score.sigmoid() - target).abs().sum() / self._num_pos * self.loss_objectness_weight
-        return loss_obj, loss_bbox
+        return loss_obj, bbox_pred.sum() * 0
 
-    def loss_by_feat(self, *args, **kwargs) -> dict:
-        losses = super().loss_by_feat(*args, **kwargs)
-        return dict(loss_rpn_obj=losses["loss_rpn_cls"], loss_rpn_bbox=losses["loss_rpn_bbox"])
+    def loss_by_feat(self, cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
+                     batch_gt_instances_ignore=None) -> dict:
+        reg = super().loss_by_feat(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
+                                   batch_gt_instances_ignore)
+        # second pass: the same anchors assigned by the objectness assigner / sampler
+        own = self.assigner, self.sampler
+        self.assigner, self.sampler, self._objectness_pass = self.objectness_assigner, self.objectness_sampler, True
+        try:
+            obj = super().loss_by_feat(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
+                                       batch_gt_instances_ignore)
+        finally:
+            (self.assigner, self.sampler), self._objectness_pass = own, False
+        return dict(loss_rpn_obj=obj["loss_rpn_cls"], loss_rpn_bbox=reg["loss_rpn_bbox"])
 
 
 @MODELS.register_module()
