@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40, help="first N images of the set")
     ap.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     a = ap.parse_args()
+    for f in (a.model_dir / "config.py", a.model_dir / "model.pth", a.dataset):
+        if not f.is_file():
+            ap.error(f"{f} not found: --model-dir is a `longtail train-proposals` work dir, --dataset a COCO JSON")
     print(json.dumps({"model_dir": str(a.model_dir), **stage_recall(a.model_dir, a.dataset, a.images, a.repo)}))
 
 
