@@ -34,6 +34,16 @@ def require_mmcv_ops():
         pytest.skip(msg, allow_module_level=True)
 
 
+def build_mmdet(cfg_dict):
+    """An mmdet model / head / preprocessor from a config dict, with mmdet's and this project's modules
+    registered (the configs' custom_imports are imported by load_config)."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    return MODELS.build(cfg_dict)
+
+
 def pytest_configure(config):
     if not (REPO / "data" / "coco-mini").exists():
         raise pytest.UsageError("data/ is missing: run `make data` (dvc pull) before the tests")

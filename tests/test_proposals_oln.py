@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_mmcv_ops  # noqa: E402
+from conftest import build_mmdet, require_mmcv_ops  # noqa: E402
 
 require_mmcv_ops()   # skip without mmcv's compiled ops; CI (LONGTAIL_REQUIRE_MMCV_OPS=1) fails instead
 
@@ -18,12 +18,7 @@ from longtail.proposals.training import load_config  # noqa: E402
 CONFIG = "workflow/mmdet/maskrcnn_oln_effl0_fpn_cpu.py"
 
 
-def _build(cfg_dict):
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    register_all_modules(init_default_scope=False)
-    return MODELS.build(cfg_dict)
+_build = build_mmdet
 
 
 def test_centerness():
