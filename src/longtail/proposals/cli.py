@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-json", required=True, help="COCO training set (base annotations only)")
     p.add_argument("--val-json", default=None, help="COCO set evaluated after training (class-agnostic)")
     p.add_argument("--work-dir", required=True, help="checkpoints, logs, config.py and model.pth go here")
+    p.add_argument("--pseudo", default=None, help="proposal set on the training images (e.g. results/proposals/ucm/"
+                   "train) whose proposals that match no annotation become extra targets (proposals.train.pseudo)")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("propose", help="class-agnostic mask proposals, top-K per image after mask NMS")
@@ -266,7 +268,8 @@ def run_train(args, params, cfg, run) -> int:
     if args.model not in cfg["models"]:
         raise LongtailError(f"train-proposals --model {args.model!r}: not a key of proposals.models "
                             f"({', '.join(cfg['models'])}); add its config there")
-    metrics = train(args.model, cfg, params["seed"], args.train_json, args.val_json, args.work_dir, run)
+    metrics = train(args.model, cfg, params["seed"], args.train_json, args.val_json, args.work_dir, run,
+                    pseudo=args.pseudo)
     run.write_metrics(Path(args.work_dir) / "metrics.json", metrics)
     return 0
 

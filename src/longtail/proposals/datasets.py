@@ -81,3 +81,41 @@ def class_agnostic(dataset: dict) -> dict:
 
 def images_with_annotations(dataset: dict) -> set[int]:
     return {int(a["image_id"]) for a in dataset["annotations"] if not a.get("iscrowd", 0)}
+
+
+
+def image_pseudo_annotations(image: dict, records: list[dict], annotations: list[dict], *, score_thr: float,
+                             max_per_image: int, max_overlap: float | None = None) -> list[dict]:
+    """Pseudo ground truth for one image: class-agnostic annotations (category 1, no ``id``) made of its
+    ``max_per_image`` best-scored proposal ``records`` (:mod:`longtail.proposals.format`) with score >=
+    ``score_thr`` and a non-empty mask.
+
+    ``max_overlap``: a record whose mask IoU with one of the image's own ``annotations`` exceeds it is left out
+    before the top-k: that object is annotated already, and what is left are the unlabelled objects a
+    base-only training would learn as background (the pseudo ground truth of GGN, Wang et al. 2022, "Open-World
+    Instance Segmentation: Exploiting Pseudo Ground Truth From Learned Pairwise Affinity"). ``None``: no
+    overlap test (FreeSOLO's pseudo-masks).
+    """
+    from longtail.common.masks import rle_for_pycocotools
+
+    recs = sorted((r for r in records if r["score"] >= score_thr), key=lambda r: -r["score"])
+    if not recs or max_per_image <= 0:
+        return []
+    rles = [rle_for_pycocotools(r["segmentation"]) for r in recs]
+    keep = range(len(recs))
+    if max_overlap is not None and annotations:
+        gt = [to_rle(a["segmentation"], image["height"], image["width"],
+                     source=f"annotation {a.get('id', '?')} of image {image['id']}") for a in annotations]
+        iou = mask_utils.iou(rles, gt, [0] * len(gt))
+        keep = [i for i in keep if float(iou[i].max()) <= max_overlap]
+    out = []
+    for i in keep:
+        area = float(mask_utils.area(rles[i]))
+        x, y, w, h = (float(v) for v in recs[i]["bbox"])
+        if area < 1 or w < 1 or h < 1:
+            continue
+        out.append({"image_id": int(image["id"]), "category_id": 1, "segmentation": dict(recs[i]["segmentation"]),
+                    "area": area, "bbox": [x, y, w, h], "iscrowd": 0, "score": float(recs[i]["score"])})
+        if len(out) == max_per_image:
+            break
+    return out

@@ -35,8 +35,13 @@ from longtail.proposals.datasets import (
 
 log = logging.getLogger(__name__)
 
-def write_agnostic_json(src: str | Path, dst: Path, *, base_only: bool) -> dict:
-    """Class-agnostic copy of a COCO set (novel annotations dropped when ``base_only``); returns stats."""
+def write_agnostic_json(src: str | Path, dst: Path, *, base_only: bool, pseudo: str | Path | None = None,
+                        pseudo_cfg: dict | None = None) -> dict:
+    """Class-agnostic copy of a COCO set (novel annotations dropped when ``base_only``); returns stats.
+
+    ``pseudo``: a proposal set on the same images (``longtail propose --method ucm`` on train, say) whose
+    proposals that match no kept annotation become extra targets (``pseudo_cfg`` = ``proposals.train.pseudo``;
+    :func:`longtail.proposals.datasets.image_pseudo_annotations`)."""
     d = load_coco(src)
     if base_only:
         try:
@@ -44,9 +49,46 @@ def write_agnostic_json(src: str | Path, dst: Path, *, base_only: bool) -> dict:
         except LongtailError:
             log.warning("%s: categories carry no base/novel split; training on all its annotations", src)
     agn = class_agnostic(d)
+    stats = {"annotations": sum(1 for a in agn["annotations"] if not a.get("iscrowd", 0))}
+    if pseudo is not None:
+        stats.update(add_pseudo_annotations(agn, pseudo, pseudo_cfg or {}, source=str(src)))
     write_json(dst, agn, indent=None)
-    return {"images": len(agn["images"]), "images_with_annotations": len(images_with_annotations(agn)),
-            "annotations": sum(1 for a in agn["annotations"] if not a.get("iscrowd", 0))}
+    return {"images": len(agn["images"]), "images_with_annotations": len(images_with_annotations(agn)), **stats}
+
+
+def add_pseudo_annotations(agn: dict, pseudo: str | Path, pcfg: dict, source: str = "training set") -> dict:
+    """Append the pseudo ground truth of proposal set ``pseudo`` to the class-agnostic set ``agn`` (in place),
+    reading one image's proposals at a time; returns counts for the metrics."""
+    from tqdm import tqdm
+
+    from longtail.proposals.datasets import image_pseudo_annotations
+    from longtail.proposals.format import ProposalReader
+
+    by_image: dict[int, list[dict]] = {}
+    for a in agn["annotations"]:
+        by_image.setdefault(int(a["image_id"]), []).append(a)
+    next_id = max((int(a["id"]) for a in agn["annotations"]), default=0) + 1
+    n_ann, images = 0, 0
+    with ProposalReader(pseudo) as reader:
+        covered = [im for im in agn["images"] if int(im["id"]) in reader]
+        if not covered:
+            raise LongtailError(f"--pseudo {pseudo}: none of its images is in {source}; propose on the training "
+                                f"images (`longtail propose --method <m> --dataset {source}`)")
+        for im in tqdm(covered, desc="pseudo ground truth", unit="image", mininterval=5):
+            anns = image_pseudo_annotations(im, reader.read(int(im["id"])), by_image.get(int(im["id"]), []),
+                                            score_thr=float(pcfg["score_thr"]),
+                                            max_per_image=int(pcfg["max_per_image"]),
+                                            max_overlap=float(pcfg["max_overlap"]))
+            for a in anns:
+                a["id"] = next_id
+                a["iscrowd"] = int(pcfg["mode"] == "ignore")   # mmdet: an ignored instance
+                next_id += 1
+            agn["annotations"].extend(anns)
+            n_ann += len(anns)
+            images += bool(anns)
+    log.info("pseudo ground truth from %s: %d masks on %d of %d images (%d with proposals)", pseudo, n_ann, images,
+             len(agn["images"]), len(covered))
+    return {"pseudo_annotations": n_ann, "pseudo_images": images, "pseudo_images_with_proposals": len(covered)}
 
 
 def _set_resize_scale(pipeline: list, scale: tuple[int, int]) -> None:
@@ -102,6 +144,21 @@ def apply_params(cfg, pcfg: dict, seed: int, cfg_file: str) -> None:
         mask_head["loss_dcl"] = dict(loss_weight=float(d["loss_weight"]), temperature=float(d["temperature"]),
                                      num_samples=int(d["num_samples"]), proj_dim=int(d["proj_dim"]))
     cfg.randomness = dict(seed=int(seed), deterministic=False)
+
+
+def check_ignore_assigners(cfg, cfg_file: str) -> None:
+    """``pseudo.mode: ignore`` marks the pseudo ground truth as ignored instances; an assigner that does not
+    read them (mmdet's ``MaxIoUAssigner`` with ``ignore_iof_thr`` <= 0, the default) would silently train
+    without it. Every ``model.train_cfg.*.assigner`` must be a ``PseudoIgnoreAssigner`` or ignore by IoF."""
+    train_cfg = cfg.model.get("train_cfg") or {}
+    stages = {k: v["assigner"] for k, v in train_cfg.items() if isinstance(v, dict) and "assigner" in v}
+    blind = [k for k, a in stages.items()
+             if a.get("type") != "PseudoIgnoreAssigner" and not float(a.get("ignore_iof_thr", -1)) > 0]
+    if not stages or blind:
+        raise LongtailError(f"proposals.train.pseudo.mode=ignore, but the assigner of model.train_cfg."
+                            f"{', '.join(blind) or '<none>'} in {cfg_file} ignores no instance; use a config "
+                            f"whose assigners are PseudoIgnoreAssigner (workflow/mmdet/"
+                            f"maskrcnn_effl0_adamw_pseudo_fpn_cpu.py) or set pseudo.mode to target")
 
 
 def hierarchy_init(cfg, ckpt: Path, work_dir: Path, required: bool, param: str = "proposals.train.init") -> int:
@@ -177,14 +234,17 @@ def imagenet_backbone(cfg, cfg_file: str) -> str:
 
 
 def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | None, work_dir: str | Path,
-          run: StageRun) -> dict:
-    """Train (or resume) ``model``; write ``config.py`` and ``model.pth`` into ``work_dir``; return metrics."""
+          run: StageRun, pseudo: str | Path | None = None) -> dict:
+    """Train (or resume) ``model``; write ``config.py`` and ``model.pth`` into ``work_dir``; return metrics.
+    ``pseudo``: a proposal set on the training images whose unannotated objects are added as targets."""
     cfg_file = pcfg["models"][model]
     cfg = load_config(cfg_file)
     work_dir = Path(work_dir)
     (work_dir / "data").mkdir(parents=True, exist_ok=True)
-
-    stats = write_agnostic_json(train_json, work_dir / "data" / "train_agnostic.json", base_only=True)
+    if pseudo is not None and pcfg["train"]["pseudo"]["mode"] == "ignore":
+        check_ignore_assigners(cfg, cfg_file)
+    stats = write_agnostic_json(train_json, work_dir / "data" / "train_agnostic.json", base_only=True,
+                                pseudo=pseudo, pseudo_cfg=pcfg["train"]["pseudo"])
     if stats["images_with_annotations"] == 0:
         raise LongtailError(f"{train_json}: no image has a (base-category, non-crowd) annotation; the training "
                             f"set is empty. Check `longtail prepare` and data.base_categories")
@@ -217,6 +277,7 @@ def train(model: str, pcfg: dict, seed: int, train_json: str, val_json: str | No
     metrics = {"model": model, "config": cfg_file, "iterations": int(runner.iter), "start_iter": hook.start_iter,
                "backbone_init_tensors": n_init,
                "train_images_with_annotations": stats["images_with_annotations"],
-               "train_annotations": stats["annotations"], **hook.last}
+               "train_annotations": stats["annotations"],
+               **{k: v for k, v in stats.items() if k.startswith("pseudo_")}, **hook.last}
     return metrics
 

@@ -24,26 +24,18 @@ log = logging.getLogger(__name__)
 
 def pseudo_coco(dataset: dict, records: list[dict], *, score_thr: float, max_per_image: int) -> dict:
     """COCO instances JSON (one class 'object') whose annotations are the pseudo-masks in ``records``."""
-    from pycocotools import mask as mask_utils
-
-    from longtail.common.masks import rle_for_pycocotools
+    from longtail.proposals.datasets import image_pseudo_annotations
 
     by_image: dict[int, list[dict]] = {}
     for r in records:
-        if r["score"] >= score_thr:
-            by_image.setdefault(int(r["image_id"]), []).append(r)
+        by_image.setdefault(int(r["image_id"]), []).append(r)
     anns = []
-    for img_id, recs in by_image.items():
-        recs = sorted(recs, key=lambda r: -r["score"])[:max_per_image]
-        for r in recs:
-            seg = dict(r["segmentation"])
-            area = float(mask_utils.area(rle_for_pycocotools(seg)))
-            x, y, w, h = r["bbox"]
-            if area < 1 or w < 1 or h < 1:
-                continue
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": 1, "segmentation": seg,
-                         "area": area, "bbox": [x, y, w, h], "iscrowd": 0, "score": float(r["score"])})
-    images = [im for im in dataset["images"] if int(im["id"]) in by_image]
+    for im in dataset["images"]:
+        for a in image_pseudo_annotations(im, by_image.get(int(im["id"]), []), [], score_thr=score_thr,
+                                          max_per_image=max_per_image):
+            anns.append({"id": len(anns) + 1, **a})
+    with_masks = {a["image_id"] for a in anns}
+    images = [im for im in dataset["images"] if int(im["id"]) in with_masks]
     return {"images": images, "annotations": anns,
             "categories": [{"id": 1, "name": "object", "supercategory": "object", "split": "base"}]}
 
