@@ -74,9 +74,14 @@ rule gather_proposals:
         "longtail gather-proposals --proposals {params.out_dir} 2> {log}"
 
 
+TRAIN_PSEUDO = config["proposals"]["train"]["pseudo"]["method"]
+
+
 rule train_proposals:
     input:
         train=rules.prepare.output.train_base,
+        # pseudo ground truth (proposals.train.pseudo.method): that annotation-free method's proposals on train
+        pseudo=[proposal_set(TRAIN_PSEUDO, "train")] if TRAIN_PSEUDO else [],
     output:
         model=f"{PROP}/models/{{model}}/model.pth",
         config=f"{PROP}/models/{{model}}/config.py",
@@ -87,6 +92,7 @@ rule train_proposals:
         reads=config_keys("seed", "proposals"),
         work_dir=f"{PROP}/models/{{model}}",
         launch=longtail_launch,
+        pseudo=lambda wildcards, input: f" --pseudo {input.pseudo}" if input.pseudo else "",
     priority: PRIORITY["then"]
     threads: 2
     resources:
@@ -100,7 +106,7 @@ rule train_proposals:
     shell:
         # evaluation happens once, on the proposal sets (eval_proposals), not again inside training
         "{params.launch} train-proposals --model {wildcards.model} --train-json {input.train} "
-        "--work-dir {params.work_dir} 2> {log}"
+        "--work-dir {params.work_dir}{params.pseudo} 2> {log}"
 
 
 rule propose:

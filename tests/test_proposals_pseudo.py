@@ -127,7 +127,8 @@ def test_pseudo_ignore_assigner_only_takes_the_background_label_away():
 
     kw = dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3, match_low_quality=True)
     gt = [[10, 10, 30, 30]]
-    ignore = [[50, 50, 70, 70], [0, 0, 100, 100]]        # an unannotated object, a large region around everything
+    # an unannotated object, a large region around everything, a region on the annotated object (box IoU 0.82)
+    ignore = [[50, 50, 70, 70], [0, 0, 100, 100], [12, 10, 32, 30]]
     priors = [[10, 10, 30, 31],                          # the annotated object: positive
               [50, 50, 70, 71],                          # the unannotated object: would be background
               [52, 48, 70, 70],                          # IoU 0.8 with it: would be background
@@ -142,6 +143,15 @@ def test_pseudo_ignore_assigner_only_takes_the_background_label_away():
     assert _assign(PseudoIgnoreAssigner(ignore_iou_thr=0.5, **kw), priors, gt, []) == plain
     with pytest.raises(ValueError, match="ignore_iou_thr"):
         PseudoIgnoreAssigner(ignore_iof_thr=0.5, **kw)
+
+
+def test_pseudo_method_without_a_pseudo_set_is_a_clear_error(prepared, tmp_path, capsys):
+    rc = main(["train-proposals", "--model", "maskrcnn", "--train-json", str(prepared / "train_base.json"),
+               "--work-dir", str(tmp_path / "w"), "--set", "proposals.train.pseudo.method=ucm"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "proposals.train.pseudo.method='ucm' but train-proposals got no --pseudo" in err
+    assert "results/proposals/ucm/train" in err and not (tmp_path / "w" / "model.pth").exists()
 
 
 def test_ignore_mode_needs_assigners_that_read_ignored_instances():

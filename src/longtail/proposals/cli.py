@@ -268,6 +268,11 @@ def run_train(args, params, cfg, run) -> int:
     if args.model not in cfg["models"]:
         raise LongtailError(f"train-proposals --model {args.model!r}: not a key of proposals.models "
                             f"({', '.join(cfg['models'])}); add its config there")
+    method = cfg["train"]["pseudo"]["method"]
+    if method and not args.pseudo:
+        raise LongtailError(f"proposals.train.pseudo.method={method!r} but train-proposals got no --pseudo: pass "
+                            f"{method}'s proposal set on the training images (Snakemake's train_proposals does: "
+                            f"{cfg['out_dir']}/{method}/train), or set the method to null")
     metrics = train(args.model, cfg, params["seed"], args.train_json, args.val_json, args.work_dir, run,
                     pseudo=args.pseudo)
     run.write_metrics(Path(args.work_dir) / "metrics.json", metrics)
