@@ -203,6 +203,16 @@ def test_ucm_multiscale_experiment_plans_multiscale_trees():
     assert counts["hierarchy_edges"] == "1" and counts["hierarchy_ucm"] == "1" and counts["propose_ucm"] == "1"
 
 
+def test_pseudo_ucm_experiment_trains_on_ucm_proposals_of_the_train_images():
+    """proposals.train.pseudo.method: ucm -> ucm trees and proposals on train, passed to train-proposals as --pseudo."""
+    out, counts = _dry_run_experiment("local", "results/proposals/maskrcnn/metrics_val.json", "pseudo_ucm.yaml")
+    assert counts["train_proposals"] == "1" and counts["propose_ucm"] == "1" and counts["hierarchy_ucm"] == "1"
+    block = out[out.index("rule train_proposals:"):]
+    assert "results/proposals/ucm/train/index.json" in block[:block.index("rule ", 10)]
+    assert ("longtail propose --method ucm --dataset results/data/train.json --out-dir results/proposals/ucm/train"
+            in out)
+
+
 def test_set_scatter_plans_shard_jobs_and_a_gather():
     """`--set-scatter proposals=2`: 2 propose jobs (--shard 1-of-2, 2-of-2) + 1 gather per proposal set."""
     env = {**os.environ, "LONGTAIL_MLFLOW": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
