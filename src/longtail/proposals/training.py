@@ -51,7 +51,9 @@ def write_agnostic_json(src: str | Path, dst: Path, *, base_only: bool, pseudo: 
     agn = class_agnostic(d)
     stats = {"annotations": sum(1 for a in agn["annotations"] if not a.get("iscrowd", 0))}
     if pseudo is not None:
-        stats.update(add_pseudo_annotations(agn, pseudo, pseudo_cfg or {}, source=str(src)))
+        if pseudo_cfg is None:
+            raise ValueError("write_agnostic_json: pseudo needs pseudo_cfg (proposals.train.pseudo)")
+        stats.update(add_pseudo_annotations(agn, pseudo, pseudo_cfg, source=str(src)))
     write_json(dst, agn, indent=None)
     return {"images": len(agn["images"]), "images_with_annotations": len(images_with_annotations(agn)), **stats}
 
