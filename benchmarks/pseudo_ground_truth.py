@@ -30,36 +30,37 @@ def pseudo_quality(proposals: Path, dataset: Path, ks: list[int], max_overlap: f
     for a in d["annotations"]:
         if not a.get("iscrowd", 0):
             (base if a["category_id"] in splits["base"] else novel).setdefault(a["image_id"], []).append(a)
-    rows = []
+    counts = {k: {"kept": 0, "on_novel": 0, "on_base": 0, "covered": set()} for k in ks}
     with ProposalReader(proposals) as reader:
         images = [im for im in d["images"] if im["id"] in reader]
         n_novel = sum(len(novel.get(im["id"], [])) for im in images)
-        recs = {im["id"]: reader.read(im["id"]) for im in images}
-        for k in ks:
-            kept = on_novel = on_base = 0
-            covered = set()
-            for im in images:
-                anns = image_pseudo_annotations(im, recs[im["id"]], base.get(im["id"], []), score_thr=float("-inf"),
+        for im in images:                                   # one image's proposals in memory at a time
+            recs = reader.read(im["id"])
+            gts = {which: (anns, [to_rle(a["segmentation"], im["height"], im["width"]) for a in anns])
+                   for which, anns in (("novel", novel.get(im["id"], [])), ("base", base.get(im["id"], [])))}
+            for k in ks:
+                c = counts[k]
+                anns = image_pseudo_annotations(im, recs, base.get(im["id"], []), score_thr=float("-inf"),
                                                 max_per_image=k, max_overlap=max_overlap)
-                kept += len(anns)
+                c["kept"] += len(anns)
                 if not anns:
                     continue
                 rles = [to_rle(a["segmentation"], im["height"], im["width"]) for a in anns]
-                for gts, which in ((novel.get(im["id"], []), "novel"), (base.get(im["id"], []), "base")):
-                    if not gts:
+                for which, (gt_anns, g) in gts.items():
+                    if not g:
                         continue
-                    g = [to_rle(a["segmentation"], im["height"], im["width"]) for a in gts]
                     m = mask_utils.iou(rles, g, [0] * len(g))
+                    c[f"on_{which}"] += int((m.max(1) >= iou).sum())
                     if which == "novel":
-                        on_novel += int((m.max(1) >= iou).sum())
-                        covered |= {gts[j]["id"] for j in range(len(gts)) if m[:, j].max() >= iou}
-                    else:
-                        on_base += int((m.max(1) >= iou).sum())
-            rows.append({"k": k, "images": len(images), "pseudo_masks": kept,
-                         "novel_objects": on_novel, "base_objects": on_base,
-                         "share_novel": round(on_novel / max(kept, 1), 3),
-                         "novel_annotations_covered": len(covered), "novel_annotations": n_novel,
-                         "novel_recall": round(len(covered) / max(n_novel, 1), 3)})
+                        c["covered"] |= {gt_anns[j]["id"] for j in range(len(g)) if m[:, j].max() >= iou}
+    rows = []
+    for k in ks:
+        c = counts[k]
+        rows.append({"k": k, "images": len(images), "pseudo_masks": c["kept"],
+                     "novel_objects": c["on_novel"], "base_objects": c["on_base"],
+                     "share_novel": round(c["on_novel"] / max(c["kept"], 1), 3),
+                     "novel_annotations_covered": len(c["covered"]), "novel_annotations": n_novel,
+                     "novel_recall": round(len(c["covered"]) / max(n_novel, 1), 3)})
     return rows
 
 

@@ -83,7 +83,6 @@ def images_with_annotations(dataset: dict) -> set[int]:
     return {int(a["image_id"]) for a in dataset["annotations"] if not a.get("iscrowd", 0)}
 
 
-
 def image_pseudo_annotations(image: dict, records: list[dict], annotations: list[dict], *, score_thr: float,
                              max_per_image: int, max_overlap: float | None = None) -> list[dict]:
     """Pseudo ground truth for one image: class-agnostic annotations (category 1, no ``id``) made of its
